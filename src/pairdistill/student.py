@@ -1,0 +1,212 @@
+"""The ColBERT student through stock colbert-ai 0.2.22: initial checkpoint, PLAID index, search.
+
+colbert-ai needs a few guards to run as a pipeline stage, all applied by :func:`setup_colbert`:
+- its config saver asks GitPython for the active branch, which raises in a detached-HEAD, an
+  empty or a non-git checkout: we replace that metadata with host and command only;
+- it compiles C++ extensions on first use into ``TORCH_EXTENSIONS_DIR``: we default it to a
+  project-local cache so the build happens once per checkout, not per job;
+- indexing runs in-process (``avoid_fork_if_possible``) under a fixed run name, so nothing lands
+  in timestamped folders; the index is built in a temporary directory and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import pandas as pd
+
+from . import io, runtime
+
+_PATCHED = False
+
+
+def setup_colbert() -> None:
+    """Apply the guards above; safe to call many times."""
+    global _PATCHED
+    if _PATCHED:
+        return
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.cwd() / ".cache" / "torch_extensions"))
+    base_config = importlib.import_module("colbert.infra.config.base_config")
+
+    def metadata_without_git() -> dict:
+        return {"hostname": socket.gethostname(), "cmd": " ".join(sys.argv)}
+
+    base_config.get_metadata_only = metadata_without_git
+    _PATCHED = True
+
+
+def colbert_config(**kw):
+    setup_colbert()
+    from colbert.infra import ColBERTConfig
+
+    return ColBERTConfig(**kw)
+
+
+@contextlib.contextmanager
+def colbert_run(root: str | Path) -> Iterator[None]:
+    """A colbert-ai Run context with a fixed name and no GPU assumptions."""
+    setup_colbert()
+    import torch
+    from colbert.infra import Run, RunConfig
+
+    gpus = torch.cuda.device_count()
+    with Run().context(RunConfig(nranks=1, gpus=gpus, avoid_fork_if_possible=True,
+                                 root=str(root), experiment="pairdistill", name="run")):
+        yield
+
+
+def load_student(checkpoint: str, *, dim: int | None = None, query_maxlen: int | None = None,
+                 doc_maxlen: int | None = None):
+    """colbert-ai's ColBERT model class on ``checkpoint`` (a colbert checkpoint or a plain BERT)."""
+    setup_colbert()
+    import torch
+    from colbert.modeling.colbert import ColBERT
+
+    path = runtime.resolve_model(checkpoint)
+    kw = {k: v for k, v in dict(dim=dim, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen).items()
+          if v is not None}
+    # checkpoint= makes colbert's tokenizers load from this path instead of bert-base-uncased
+    cfg = colbert_config(checkpoint=path, gpus=torch.cuda.device_count(), **kw)
+    model = ColBERT(path, colbert_config=cfg)
+    return model
+
+
+def save_student(model, out_dir: str | Path) -> None:
+    """Save so stock colbert-ai's Indexer and Searcher can load it, atomically."""
+    # model_name None: the checkpoint describes itself (its config.json), not the base it came from
+    model.colbert_config.configure(model_name=None, checkpoint=None)
+    with io.atomic_path(out_dir, is_dir=True) as tmp:
+        model.save(str(tmp))
+
+
+def init_checkpoint(base: str, out_dir: str | Path, *, dim: int, query_maxlen: int, doc_maxlen: int,
+                    seed: int) -> None:
+    """Iteration 0: a ColBERT on ``base`` (its projection to ``dim`` is new, seeded)."""
+    runtime.seed_everything(seed)
+    model = load_student(base, dim=dim, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)
+    save_student(model, out_dir)
+
+
+def _tsv_text(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _passage_embedding_cache():
+    """Share the k-means sample's passage embeddings with the indexing pass.
+
+    PLAID encodes a sample of passages for k-means, then every passage again; on small corpora
+    the sample is the whole corpus. Each sampled passage's embeddings are kept (fp16, which is
+    what the index stores) until the indexing pass asks for that passage, then dropped.
+    """
+    import torch
+    from colbert.indexing.collection_encoder import CollectionEncoder
+
+    original = CollectionEncoder.encode_passages
+    cache: dict[str, torch.Tensor] = {}
+    first_call = [True]
+
+    def encode_passages(self, passages):
+        if first_call[0]:  # the k-means sample
+            first_call[0] = False
+            embs, doclens = original(self, passages)
+            if len(passages):
+                for p, e in zip(passages, torch.split(embs, list(doclens))):
+                    cache[p] = e.half()
+            return embs, doclens
+        missing = [p for p in dict.fromkeys(passages) if p not in cache]
+        if missing:
+            embs, doclens = original(self, missing)
+            for p, e in zip(missing, torch.split(embs, list(doclens))):
+                cache[p] = e.half()
+        parts = [cache[p] for p in passages]
+        for p in set(passages):
+            cache.pop(p, None)
+        if not parts:
+            return original(self, passages)
+        return torch.cat(parts).float(), [len(e) for e in parts]
+
+    @contextlib.contextmanager
+    def active():
+        CollectionEncoder.encode_passages = encode_passages
+        try:
+            yield
+        finally:
+            CollectionEncoder.encode_passages = original
+            cache.clear()
+
+    return active()
+
+
+def build_index(checkpoint: str | Path, corpus: pd.DataFrame, texts: Sequence[str], out_dir: str | Path,
+                *, nbits: int, doc_maxlen: int, kmeans_niters: int = 4, index_bsize: int = 64,
+                reuse_sample_embeddings: bool = True, seed: int = 12345) -> dict:
+    """PLAID index of ``texts`` (aligned with ``corpus.doc_id``) at ``out_dir``.
+
+    ``out_dir`` also holds ``collection.tsv`` (colbert's passage file, pid = row) and
+    ``doc_ids.parquet`` mapping colbert's pids back to document ids.
+    """
+    setup_colbert()
+    from colbert import Indexer
+
+    runtime.seed_everything(seed)
+    out_dir = Path(out_dir)
+    with io.atomic_path(out_dir, is_dir=True) as tmp:
+        tmp = tmp.resolve()
+        collection_tsv = tmp / "collection.tsv"
+        with open(collection_tsv, "w", encoding="utf-8") as f:
+            for pid, text in enumerate(texts):
+                f.write(f"{pid}\t{_tsv_text(text)}\n")
+        corpus[["doc_id"]].reset_index(drop=True).to_parquet(tmp / "doc_ids.parquet", index=False)
+        cfg = colbert_config(nbits=nbits, doc_maxlen=doc_maxlen, kmeans_niters=kmeans_niters,
+                             index_bsize=index_bsize, avoid_fork_if_possible=True)
+        cache = _passage_embedding_cache() if reuse_sample_embeddings else contextlib.nullcontext()
+        with colbert_run(tmp / ".colbert"), cache:
+            indexer = Indexer(checkpoint=str(Path(checkpoint).resolve()), config=cfg, verbose=1)
+            # the index lives in tmp itself; the absolute name makes colbert ignore index_root
+            indexer.index(name=str(tmp), collection=str(collection_tsv), overwrite="force_silent_overwrite")
+        meta = json.loads((tmp / "metadata.json").read_text())
+    return {"documents": len(texts), **{k: meta[k] for k in ("num_partitions", "num_embeddings", "avg_doclen")
+                                        if k in meta}}
+
+
+def search(checkpoint: str | Path, index_dir: str | Path, queries: Mapping[str, str], k: int, *,
+           ncells: int, centroid_score_threshold: float, ndocs: int, query_maxlen: int | None = None,
+           batch: int = 256, progress_label: str | None = None) -> pd.DataFrame:
+    """Top-``k`` of every query through colbert-ai's Searcher: a frame in the io "run" schema."""
+    setup_colbert()
+    from colbert import Searcher
+
+    from .progress import Progress
+
+    index_dir = Path(index_dir).resolve()
+    doc_ids = pd.read_parquet(index_dir / "doc_ids.parquet")["doc_id"].to_numpy()
+    kw = dict(ncells=ncells, centroid_score_threshold=centroid_score_threshold, ndocs=ndocs)
+    if query_maxlen:
+        kw["query_maxlen"] = query_maxlen
+    with colbert_run(index_dir / ".colbert"):
+        searcher = Searcher(index=str(index_dir), checkpoint=str(Path(checkpoint).resolve()),
+                            collection=str(index_dir / "collection.tsv"), config=colbert_config(**kw),
+                            verbose=0)
+        qids = list(queries)
+        progress = Progress(len(qids), progress_label or "search", unit="queries")
+        frames = []
+        for start in range(0, len(qids), batch):
+            chunk = {i: queries[q] for i, q in enumerate(qids[start:start + batch])}
+            ranking = searcher.search_all(chunk, k=k).todict()
+            for i, hits in ranking.items():
+                if not hits:
+                    continue
+                pids, ranks, scores = zip(*hits)
+                frames.append(pd.DataFrame({"query_id": qids[start + i], "doc_id": doc_ids[list(pids)],
+                                            "rank": ranks, "score": scores}))
+            progress.update(len(chunk))
+    run = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        {"query_id": [], "doc_id": [], "rank": [], "score": []})
+    return io.to_table(run, "run").to_pandas()
