@@ -1,0 +1,175 @@
+"""Training losses of PairDistill (Huang & Chen, EMNLP 2024, Sec. 3-4).
+
+Each loss is a small ``torch.nn.Module`` taking student scores of shape ``(batch, nway)``: row
+``b`` holds the query's scores for its ``nway`` passages (the caller may widen the matrix with
+in-batch negatives for the contrastive term).
+
+* :class:`ContrastiveLoss`  L_CL   = CE(scores, positive_index)
+* :class:`ListwiseKDLoss`   L_KD   = KL(P_teacher || P_student), P = softmax(s / tau)
+* :class:`PairwiseKLLoss`   L_pair = KL([p, 1-p] || [q, 1-q]),  q = sigmoid((s_i - s_j) / tau)
+* :class:`PairDistillLoss`  L = L_CL + lambda_kd L_KD + lambda_pair L_pair
+  (without labels: L_ZS = lambda_kd L_KD + lambda_pair L_pair)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _apply_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Replace masked-out slots (``mask == False``) by the most negative finite value.
+
+    A finite fill (rather than ``-inf``) keeps ``0 * (log p_t - log p_s)`` at 0 instead of NaN,
+    so the masked slots get probability 0 and gradient 0.
+    """
+    if mask is None:
+        return scores
+    if mask.shape != scores.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} != scores shape {tuple(scores.shape)}")
+    return scores.masked_fill(~mask.bool(), torch.finfo(scores.dtype).min)
+
+
+class ContrastiveLoss(nn.Module):
+    """Supervised contrastive loss: cross-entropy over each query's passages.
+
+        L_CL = -1/B * sum_b log softmax(s_b)[pos_b]
+
+    Args (forward):
+        scores: (batch, nway) student scores.
+        positive_index: (batch,) long, column of the labelled positive; default all zeros.
+        mask: optional (batch, nway) bool, False for padded slots (excluded from the softmax).
+    Returns: scalar tensor.
+    """
+
+    def forward(self, scores: torch.Tensor, positive_index: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        if positive_index is None:
+            positive_index = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+        return F.cross_entropy(_apply_mask(scores, mask), positive_index.long())
+
+
+class ListwiseKDLoss(nn.Module):
+    """Listwise (pointwise-teacher) distillation: KL between the teacher's and the student's
+    distributions over each query's passages.
+
+        P_t = softmax(t / tau),  P_s = softmax(s / tau)    (over the nway passages of a row)
+        L_KD = 1/B * sum_b sum_k P_t[b,k] (log P_t[b,k] - log P_s[b,k])
+
+    Args (forward):
+        student: (batch, nway) student scores.
+        teacher: (batch, nway) teacher scores (no gradient is taken through them).
+        mask: optional (batch, nway) bool, False for padded slots: they are excluded from both
+            softmaxes and contribute nothing.
+    Returns: scalar tensor, mean over queries ("batchmean").
+    """
+
+    def __init__(self, temperature: float = 1.0):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        if student.shape != teacher.shape:
+            raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ")
+        tau = self.temperature
+        student_logp = F.log_softmax(_apply_mask(student / tau, mask), dim=-1)
+        teacher_logp = F.log_softmax(_apply_mask(teacher.detach().to(student.dtype) / tau, mask), dim=-1)
+        kl = F.kl_div(student_logp, teacher_logp, log_target=True, reduction="none")  # P_t (log P_t - log P_s)
+        if mask is not None:
+            kl = torch.where(mask.bool(), kl, torch.zeros_like(kl))
+        return kl.sum() / student.shape[0]
+
+
+class PairwiseKLLoss(nn.Module):
+    """Pairwise distillation: KL between the teacher's and the student's preference for d_i
+    over d_j, for each sampled pair (row, i, j).
+
+        q = softmax([s_i, s_j] / tau)[0] = sigmoid((s_i - s_j) / tau)
+        KL = p log p + (1-p) log(1-p) - p log q - (1-p) log(1-q)     (0 log 0 := 0)
+
+    i.e. the soft-label BCE on (s_i - s_j) / tau minus the teacher's entropy.
+
+    Args (forward):
+        student: (batch, nway) student scores.
+        pair_index: (P, 3) long, rows (b, i, j): the pair compares student[b, i] with student[b, j].
+        teacher_prob: (P,) teacher probability p = P(d_i > d_j | q) in [0, 1].
+    Returns: scalar tensor, mean over pairs (``reduction="mean"``) or their sum (``"sum"``);
+        0 (still attached to ``student``'s graph) when P = 0.
+    """
+
+    def __init__(self, temperature: float = 1.0, reduction: str = "mean"):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.temperature = float(temperature)
+        self.reduction = reduction
+
+    def forward(self, student: torch.Tensor, pair_index: torch.Tensor,
+                teacher_prob: torch.Tensor) -> torch.Tensor:
+        if pair_index.ndim != 2 or pair_index.shape[1] != 3:
+            raise ValueError(f"pair_index must have shape (P, 3), got {tuple(pair_index.shape)}")
+        if teacher_prob.shape != (pair_index.shape[0],):
+            raise ValueError(f"teacher_prob must have shape ({pair_index.shape[0]},), "
+                             f"got {tuple(teacher_prob.shape)}")
+        if pair_index.shape[0] == 0:
+            return student.sum() * 0.0
+        rows, i, j = pair_index.long().unbind(dim=1)
+        diff = (student[rows, i] - student[rows, j]) / self.temperature
+        p = teacher_prob.detach().to(student.dtype)
+        neg_entropy = torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p)
+        cross_entropy = -(p * F.logsigmoid(diff) + (1 - p) * F.logsigmoid(-diff))
+        kl = neg_entropy + cross_entropy
+        return kl.mean() if self.reduction == "mean" else kl.sum()
+
+
+class PairDistillLoss(nn.Module):
+    """The PairDistill objective.
+
+        L    = L_CL + lambda_kd * L_KD + lambda_pair * L_pair     (with labels)
+        L_ZS =        lambda_kd * L_KD + lambda_pair * L_pair     (use_labels=False or no labels)
+
+    Args (forward):
+        student: (batch, nway) student scores.
+        teacher_pointwise: (batch, nway) pointwise teacher scores (for L_KD).
+        pair_index: (P, 3) long (row, i, j); teacher_prob: (P,) pairwise teacher probabilities.
+        positive_index: optional (batch,) long, column of the labelled positive (for L_CL).
+        mask: optional (batch, nway) bool, False for padded slots (used by L_CL and L_KD).
+        contrastive_scores: optional (batch, W) scores for L_CL instead of ``student``, e.g. each
+            query against every passage of the batch (in-batch negatives), with
+            ``positive_index`` then indexing its W columns.
+    Returns: dict of scalar tensors "loss", "loss_cl" (0 when unused), "loss_kd", "loss_pair".
+    """
+
+    def __init__(self, lambda_kd: float = 1.0, lambda_pair: float = 3.0, temperature: float = 1.0,
+                 use_labels: bool = True):
+        super().__init__()
+        self.lambda_kd = float(lambda_kd)
+        self.lambda_pair = float(lambda_pair)
+        self.use_labels = bool(use_labels)
+        self.contrastive = ContrastiveLoss()
+        self.kd = ListwiseKDLoss(temperature)
+        self.pair = PairwiseKLLoss(temperature, reduction="mean")
+
+    def forward(self, student: torch.Tensor, teacher_pointwise: torch.Tensor,
+                pair_index: torch.Tensor, teacher_prob: torch.Tensor,
+                positive_index: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None,
+                contrastive_scores: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        loss_kd = self.kd(student, teacher_pointwise, mask)
+        loss_pair = self.pair(student, pair_index, teacher_prob)
+        loss = self.lambda_kd * loss_kd + self.lambda_pair * loss_pair
+        if self.use_labels and positive_index is not None:
+            if contrastive_scores is None:
+                loss_cl = self.contrastive(student, positive_index, mask)
+            else:
+                loss_cl = self.contrastive(contrastive_scores, positive_index)
+            loss = loss_cl + loss
+        else:
+            loss_cl = student.new_zeros(())
+        return {"loss": loss, "loss_cl": loss_cl, "loss_kd": loss_kd, "loss_pair": loss_pair}
