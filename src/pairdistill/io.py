@@ -32,10 +32,12 @@ SCHEMAS: dict[str, pa.Schema] = {
     "qrels": _schema(("split", S), ("query_id", S), ("doc_id", S), ("relevance", I32)),
     # retrieve / evaluate: one row per (query, retrieved passage)
     "run": _schema(("query_id", S), ("doc_id", S), ("rank", I32), ("score", F32)),
-    # pointwise: the retrieved list re-scored by the pointwise teacher
+    # pointwise: the retrieved list re-scored by the pointwise teacher; retriever columns are null
+    # for labelled positives the retriever missed (added so every training group has one)
     "pointwise": _schema(
         ("query_id", S), ("doc_id", S), ("retriever_rank", I32), ("retriever_score", F32),
         ("teacher_score", F32), ("teacher_rank", I32),
+        nullable=("retriever_rank", "retriever_score"),
     ),
     # pairs: sampled on the pointwise-reranked list (ranks are teacher ranks, 1-based)
     "pairs": _schema(

@@ -114,9 +114,10 @@ def fit_teacher(kind: str, negatives_path: str, corpus_path: str, queries_path: 
     return stats
 
 
-def pointwise(topk_path: str, corpus_path: str, queries_path: str, qrels_path: str | None, out: str, *,
-              split: str, model: str, family: str, max_length: int, batch_size: int) -> pd.DataFrame:
-    """Score every retrieved (query, passage) with the pointwise teacher; with ``qrels_path`` the
+def pointwise(topk_path: str, corpus_path: str, queries_path: str, qrels_path: str, out: str, *,
+              split: str, model: str, family: str, max_length: int, batch_size: int,
+              add_positives: bool = True) -> pd.DataFrame:
+    """Score every retrieved (query, passage) with the pointwise teacher; with ``add_positives`` the
     labelled positives of the retrieved queries are scored too (retriever columns null for those
     not retrieved), since training puts a positive in every group."""
     from . import teachers
@@ -125,7 +126,7 @@ def pointwise(topk_path: str, corpus_path: str, queries_path: str, qrels_path: s
     corpus = _texts(io.read_table(corpus_path, "corpus"))
     queries, qrels = _split_queries(queries_path, qrels_path, split)
     rows = topk.rename(columns={"rank": "retriever_rank", "score": "retriever_score"})
-    if qrels_path:
+    if add_positives:
         pos = qrels[(qrels["relevance"] > 0) & qrels["query_id"].isin(set(topk["query_id"]))]
         extra = pos[["query_id", "doc_id"]].merge(rows[["query_id", "doc_id"]], how="left", indicator=True)
         extra = extra[extra["_merge"] == "left_only"].drop(columns="_merge")

@@ -1,0 +1,28 @@
+# PairDistill as a DAG. A table of contents: the rules live in rules/, the code in src/pairdistill/.
+#   snakemake --cores 2                       # the embedded default (config.yaml)
+#   snakemake --cores 2 --config iteration=3  # one more round; only its jobs run
+import os
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: os.path.join(workflow.basedir, "config.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/retriever.smk"
+include: "rules/teachers.smk"
+include: "rules/distill.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+
+
+onsuccess:
+    print_summary()

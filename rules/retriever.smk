@@ -1,0 +1,121 @@
+# The student: its iteration-0 checkpoint, a PLAID index per iteration, retrieval, training.
+
+
+rule init_checkpoint:
+    output:
+        directory(ckpt(0)),
+    params:
+        base=config["student"]["init"],
+        dim=config["student"]["dim"],
+        query_maxlen=config["student"]["query_maxlen"],
+        doc_maxlen=config["student"]["doc_maxlen"],
+        seed=config["seed"],
+    log:
+        "logs/init_checkpoint/iter-0.log",
+    benchmark:
+        "benchmarks/init_checkpoint/iter-0.tsv"
+    threads: THREADS
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        PD + " init-checkpoint --base {params.base:q} --out {output:q} --dim {params.dim}"
+        " --query-maxlen {params.query_maxlen} --doc-maxlen {params.doc_maxlen} --seed {params.seed}"
+        " > {log} 2>&1"
+
+
+rule index:
+    input:
+        checkpoint="results/iter-{it}/checkpoint",
+        corpus=CORPUS,
+    output:
+        directory("results/iter-{it}/index"),
+    params:
+        nbits=config["index"]["nbits"],
+        doc_maxlen=config["student"]["doc_maxlen"],
+        kmeans_niters=config["index"]["kmeans_niters"],
+        reuse=config["index"]["reuse_sample_embeddings"],
+        seed=config["seed"],
+    log:
+        "logs/index/iter-{it}.log",
+    benchmark:
+        "benchmarks/index/iter-{it}.tsv"
+    threads: THREADS
+    resources:
+        mem_mb=16000,
+        runtime=240,
+    shell:
+        PD + " index --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --out {output:q}"
+        " --nbits {params.nbits} --doc-maxlen {params.doc_maxlen} --kmeans-niters {params.kmeans_niters}"
+        " --reuse-sample-embeddings {params.reuse} --seed {params.seed} > {log} 2>&1"
+
+
+rule retrieve:
+    """Round {it} distills on the top-k of retriever {it}-1."""
+    input:
+        checkpoint=lambda w: ckpt(int(w.it) - 1),
+        index=lambda w: index_dir(int(w.it) - 1),
+        queries=QUERIES,
+        qrels=QRELS,
+    output:
+        "results/iter-{it}/train_topk.parquet",
+    wildcard_constraints:
+        it=r"[1-9]\d*",
+    params:
+        split=config["train_split"],
+        k=config["retrieve"]["top_k"],
+        max_queries=config["retrieve"]["max_queries"],
+        seed=config["seed"],
+        search=search_flags(),
+    log:
+        "logs/retrieve/iter-{it}.log",
+    benchmark:
+        "benchmarks/retrieve/iter-{it}.tsv"
+    threads: THREADS
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        PD + " retrieve --checkpoint {input.checkpoint:q} --index {input.index:q} --queries {input.queries:q}"
+        " --qrels {input.qrels:q} --out {output:q} --split {params.split} --k {params.k}"
+        " --max-queries {params.max_queries} --seed {params.seed} {params.search} > {log} 2>&1"
+
+
+rule train:
+    """Checkpoint {it}-1 -> {it} with L = L_CL + lambda_KD L_KD + lambda_pair L_pair."""
+    input:
+        checkpoint=lambda w: ckpt(int(w.it) - 1),
+        corpus=CORPUS,
+        queries=QUERIES,
+        qrels=QRELS,
+        pointwise="results/iter-{it}/pointwise.parquet",
+        pairwise="results/iter-{it}/pairwise.parquet",
+    output:
+        checkpoint=directory("results/iter-{it}/checkpoint"),
+        loss="results/iter-{it}/train_loss.parquet",
+    wildcard_constraints:
+        it=r"[1-9]\d*",
+    params:
+        split=config["train_split"],
+        t=config["train"],
+        student=config["student"],
+        seed=config["seed"],
+    log:
+        "logs/train/iter-{it}.log",
+    benchmark:
+        "benchmarks/train/iter-{it}.tsv"
+    threads: THREADS
+    resources:
+        mem_mb=16000,
+        runtime=720,
+    shell:
+        PD + " train --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --queries {input.queries:q}"
+        " --qrels {input.qrels:q} --pointwise {input.pointwise:q} --pairwise {input.pairwise:q}"
+        " --out {output.checkpoint:q} --loss-out {output.loss:q} --split {params.split}"
+        " --nway {params.t[nway]} --batch-size {params.t[batch_size]} --epochs {params.t[epochs]}"
+        " --max-steps {params.t[max_steps]} --lr {params.t[lr]} --warmup {params.t[warmup]}"
+        " --weight-decay {params.t[weight_decay]} --lambda-kd {params.t[lambda_kd]}"
+        " --lambda-pair {params.t[lambda_pair]} --temperature {params.t[temperature]}"
+        " --use-labels {params.t[use_labels]} --in-batch-negatives {params.t[in_batch_negatives]}"
+        " --query-maxlen {params.student[query_maxlen]} --doc-maxlen {params.student[doc_maxlen]}"
+        " --seed {params.seed} > {log} 2>&1"

@@ -1,0 +1,223 @@
+"""``python -m pairdistill <stage> ...``: the one entry point the Snakemake rules call.
+
+Each subcommand maps its flags onto a function of :mod:`pairdistill.stages`. Input errors end the
+process with one line (``error: <file>:<line>: <problem>``) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from . import runtime
+from .errors import InputError
+
+
+def _bool(v: str) -> bool:
+    if v.lower() in ("1", "true", "yes", "on"):
+        return True
+    if v.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
+
+
+def _opt_int(v: str) -> int | None:
+    return None if v.lower() in ("none", "null", "all", "") else int(v)
+
+
+def _search_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ncells", type=int, required=True)
+    p.add_argument("--centroid-score-threshold", type=float, required=True)
+    p.add_argument("--ndocs", type=int, required=True)
+
+
+def _search(a) -> dict:
+    return {"ncells": a.ncells, "centroid_score_threshold": a.centroid_score_threshold, "ndocs": a.ndocs}
+
+
+def _teacher_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="fitted teacher dir, local path, cached hub id or 'minilm'")
+    p.add_argument("--family", default="auto")
+    p.add_argument("--max-length", type=int, required=True)
+    p.add_argument("--batch-size", type=int, required=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pairdistill", description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    sub = ap.add_subparsers(dest="stage", required=True)
+
+    p = sub.add_parser("prepare", help="corpus, queries and qrels (BEIR layout) -> Parquet")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--splits", nargs="+", required=True)
+    p.add_argument("--out-dir", required=True)
+
+    p = sub.add_parser("init-checkpoint", help="iteration-0 ColBERT checkpoint")
+    p.add_argument("--base", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--dim", type=int, required=True)
+    p.add_argument("--query-maxlen", type=int, required=True)
+    p.add_argument("--doc-maxlen", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("index", help="PLAID index of the corpus")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--nbits", type=int, required=True)
+    p.add_argument("--doc-maxlen", type=int, required=True)
+    p.add_argument("--kmeans-niters", type=int, default=4)
+    p.add_argument("--reuse-sample-embeddings", type=_bool, default=True)
+    p.add_argument("--seed", type=int, default=12345)
+
+    p = sub.add_parser("retrieve", help="top-k of a split's queries")
+    for name in ("--checkpoint", "--index", "--queries", "--qrels", "--out", "--split"):
+        p.add_argument(name, required=True)
+    p.add_argument("--k", type=int, required=True)
+    p.add_argument("--max-queries", type=_opt_int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    _search_args(p)
+
+    p = sub.add_parser("fit-teacher", help="fit the embedded default's pointwise or pairwise teacher")
+    p.add_argument("--kind", choices=("pointwise", "pairwise"), required=True)
+    for name in ("--negatives", "--corpus", "--queries", "--qrels", "--out", "--loss-out", "--split"):
+        p.add_argument(name, required=True)
+    p.add_argument("--negatives-per-query", type=int, required=True)
+    p.add_argument("--init", default=runtime.MINILM)
+    p.add_argument("--max-length", type=int, required=True)
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--warmup", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("pointwise", help="pointwise teacher scores of a top-k")
+    for name in ("--topk", "--corpus", "--queries", "--out", "--split"):
+        p.add_argument(name, required=True)
+    p.add_argument("--qrels", required=True)
+    p.add_argument("--add-positives", type=_bool, default=True,
+                   help="also score the labelled positives the retriever missed")
+    _teacher_args(p)
+
+    p = sub.add_parser("sample-pairs", help="pairs with |i-j| < delta on the pointwise-reranked list")
+    p.add_argument("--pointwise", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--delta", type=int, required=True)
+    p.add_argument("--pairs-per-query", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("pairwise", help="pairwise teacher P(a > b | q) of the sampled pairs")
+    for name in ("--pairs", "--corpus", "--queries", "--out"):
+        p.add_argument(name, required=True)
+    p.add_argument("--both-orders", type=_bool, default=True)
+    _teacher_args(p)
+
+    p = sub.add_parser("train", help="checkpoint n -> n+1 with L_CL + lambda_KD L_KD + lambda_pair L_pair")
+    for name in ("--checkpoint", "--corpus", "--queries", "--qrels", "--pointwise", "--pairwise", "--out",
+                 "--loss-out", "--split"):
+        p.add_argument(name, required=True)
+    p.add_argument("--nway", type=int, required=True)
+    p.add_argument("--batch-size", type=int, required=True)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--max-steps", type=_opt_int, default=None)
+    p.add_argument("--lr", type=float, required=True)
+    p.add_argument("--warmup", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--lambda-kd", type=float, default=1.0)
+    p.add_argument("--lambda-pair", type=float, default=3.0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--use-labels", type=_bool, default=True)
+    p.add_argument("--in-batch-negatives", type=_bool, default=False)
+    p.add_argument("--query-maxlen", type=int, required=True)
+    p.add_argument("--doc-maxlen", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("evaluate", help="search a split's queries; run + metrics + TREC file")
+    for name in ("--checkpoint", "--index", "--queries", "--qrels", "--out-dir", "--split"):
+        p.add_argument(name, required=True)
+    p.add_argument("--k", type=int, required=True)
+    p.add_argument("--measures", nargs="+", required=True)
+    p.add_argument("--iteration", type=int, required=True)
+    _search_args(p)
+
+    for kind in ("pointwise", "pairwise"):
+        p = sub.add_parser(f"rerank-{kind}", help=f"the {kind} teacher as a reranker of a run's top")
+        for name in ("--run", "--corpus", "--queries", "--qrels", "--out-dir", "--split"):
+            p.add_argument(name, required=True)
+        p.add_argument("--depth", type=int, required=True)
+        p.add_argument("--measures", nargs="+", required=True)
+        _teacher_args(p)
+
+    p = sub.add_parser("summary", help="one table: systems as rows, measures as columns")
+    p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--out-tsv", default=None)
+    return ap
+
+
+def run(a: argparse.Namespace):
+    from . import stages
+
+    s = a.stage
+    if s == "prepare":
+        return stages.prepare(a.data_dir, a.dataset, a.splits, a.out_dir)
+    if s == "init-checkpoint":
+        return stages.init_checkpoint(a.base, a.out, dim=a.dim, query_maxlen=a.query_maxlen,
+                                      doc_maxlen=a.doc_maxlen, seed=a.seed)
+    if s == "index":
+        return stages.index(a.checkpoint, a.corpus, a.out, nbits=a.nbits, doc_maxlen=a.doc_maxlen,
+                            kmeans_niters=a.kmeans_niters, reuse_sample_embeddings=a.reuse_sample_embeddings,
+                            seed=a.seed)
+    if s == "retrieve":
+        return stages.retrieve(a.checkpoint, a.index, a.queries, a.qrels, a.out, split=a.split, k=a.k,
+                               max_queries=a.max_queries, seed=a.seed, search=_search(a))
+    if s == "fit-teacher":
+        return stages.fit_teacher(a.kind, a.negatives, a.corpus, a.queries, a.qrels, a.out, a.loss_out,
+                                  split=a.split, negatives_per_query=a.negatives_per_query, init=a.init,
+                                  max_length=a.max_length, batch_size=a.batch_size, epochs=a.epochs, lr=a.lr,
+                                  warmup=a.warmup, seed=a.seed)
+    if s == "pointwise":
+        return stages.pointwise(a.topk, a.corpus, a.queries, a.qrels, a.out, split=a.split, model=a.model,
+                                family=a.family, max_length=a.max_length, batch_size=a.batch_size,
+                                add_positives=a.add_positives)
+    if s == "sample-pairs":
+        return stages.sample_pairs(a.pointwise, a.out, delta=a.delta, pairs_per_query=a.pairs_per_query,
+                                   seed=a.seed)
+    if s == "pairwise":
+        return stages.pairwise(a.pairs, a.corpus, a.queries, a.out, model=a.model, family=a.family,
+                               max_length=a.max_length, batch_size=a.batch_size, both_orders=a.both_orders)
+    if s == "train":
+        return stages.train(a.checkpoint, a.corpus, a.queries, a.qrels, a.pointwise, a.pairwise, a.out,
+                            a.loss_out, split=a.split, nway=a.nway, use_labels=a.use_labels, seed=a.seed,
+                            query_maxlen=a.query_maxlen, doc_maxlen=a.doc_maxlen, batch_size=a.batch_size,
+                            epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, warmup=a.warmup,
+                            weight_decay=a.weight_decay, lambda_kd=a.lambda_kd, lambda_pair=a.lambda_pair,
+                            temperature=a.temperature, in_batch_negatives=a.in_batch_negatives)
+    if s == "evaluate":
+        return stages.evaluate_retriever(a.checkpoint, a.index, a.queries, a.qrels, a.out_dir, split=a.split,
+                                         k=a.k, measures=a.measures, iteration=a.iteration, search=_search(a))
+    if s in ("rerank-pointwise", "rerank-pairwise"):
+        fn = stages.rerank_pointwise if s == "rerank-pointwise" else stages.rerank_pairwise
+        return fn(a.run, a.corpus, a.queries, a.qrels, a.out_dir, split=a.split, depth=a.depth,
+                  measures=a.measures, model=a.model, family=a.family, max_length=a.max_length,
+                  batch_size=a.batch_size)
+    if s == "summary":
+        return stages.summarize(a.metrics, a.out, a.out_tsv)
+    raise AssertionError(s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    runtime.set_threads(a.threads)
+    print(f"pairdistill {a.stage}: {json.dumps(vars(a), default=str)}", flush=True)
+    start = time.monotonic()
+    try:
+        run(a)
+    except (InputError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print(f"pairdistill {a.stage}: done in {time.monotonic() - start:.1f}s", flush=True)
+    return 0
