@@ -136,6 +136,8 @@ def train(checkpoint_in: str, checkpoint_out: str | Path, loss_out: str | Path, 
                               use_labels=use_labels)
 
     rng = np.random.default_rng(seed)
+    print(f"training on {len(groups)} groups: {total} steps of {batch_size} queries x {nway} passages",
+          flush=True)
     progress = Progress(total, "train", unit="steps")
     rows, step, start = [], 0, time.monotonic()
     while step < total:

@@ -1,0 +1,196 @@
+"""The whole DAG, 2 iterations, on a slice of SciFact with a tiny random BERT.
+
+One module-scoped run serves every test here: it is first killed in the middle of round 1's
+training (no output of the killed job may remain), then resumed with --rerun-incomplete.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pairdistill import io
+
+from workflow import (DATA_DIR, REPO, dry_run, make_slice, snakemake, snakemake_cmd, tiny_overlay,
+                      write_config)
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (DATA_DIR / "scifact").is_dir(), reason="SciFact not found")]
+
+ARTIFACTS = {
+    "results/data/corpus.parquet": "corpus",
+    "results/data/queries.parquet": "queries",
+    "results/data/qrels.parquet": "qrels",
+    "results/teachers/negatives.parquet": "run",
+    "results/teachers/pointwise/fit_loss.parquet": "teacher_loss",
+    "results/teachers/pairwise/fit_loss.parquet": "teacher_loss",
+    "results/teachers/pointwise/rerank/run.parquet": "run",
+    "results/teachers/pointwise/rerank/metrics.parquet": "metrics",
+    "results/teachers/pairwise/rerank/metrics.parquet": "metrics",
+}
+for n in (0, 1, 2):
+    ARTIFACTS[f"results/iter-{n}/eval/run.parquet"] = "run"
+    ARTIFACTS[f"results/iter-{n}/eval/metrics.parquet"] = "metrics"
+for n in (1, 2):
+    ARTIFACTS.update({
+        f"results/iter-{n}/train_topk.parquet": "run",
+        f"results/iter-{n}/pointwise.parquet": "pointwise",
+        f"results/iter-{n}/pairs.parquet": "pairs",
+        f"results/iter-{n}/pairwise.parquet": "pairwise",
+        f"results/iter-{n}/train_loss.parquet": "loss",
+    })
+
+
+def _kill_during(workdir: Path, configfile: Path, log: Path, marker: str, timeout: float = 900) -> None:
+    """Start the workflow, SIGKILL its whole process group once ``log`` contains ``marker``."""
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions")}
+    proc = subprocess.Popen(snakemake_cmd(workdir, configfiles=(configfile,)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if log.exists() and marker in log.read_text(errors="replace"):
+                break
+            if proc.poll() is not None:
+                raise AssertionError(f"workflow ended ({proc.returncode}) before {marker!r} appeared in {log}")
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"{marker!r} never appeared in {log}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_bert_dir):
+    root = tmp_path_factory.mktemp("e2e")
+    make_slice(root / "data")
+    workdir = root / "work"
+    workdir.mkdir()
+    configfile = write_config(root / "tiny.yaml", tiny_overlay(root / "data", tiny_bert_dir))
+
+    # kill -9 in the middle of round 1's training (the loop announces itself before step 1)
+    _kill_during(workdir, configfile, workdir / "logs" / "train" / "iter-1.log", "training on")
+    killed = {
+        "checkpoint": (workdir / "results/iter-1/checkpoint").exists(),
+        "loss": (workdir / "results/iter-1/train_loss.parquet").exists(),
+    }
+    # what a user does after preemption: release the dead run's lock, rerun what was incomplete
+    snakemake(workdir, "--unlock", configfiles=(configfile,))
+    resumed = snakemake(workdir, "--rerun-incomplete", configfiles=(configfile,))
+    return {"workdir": workdir, "config": configfile, "root": root, "killed": killed,
+            "resumed": resumed}
+
+
+def test_killed_job_leaves_nothing_a_rerun_would_trust(run):
+    assert run["killed"] == {"checkpoint": False, "loss": False}
+    # the killed job's temporary output is not at the final path; the resumed run completed it
+    assert (run["workdir"] / "results/iter-1/checkpoint/model.safetensors").exists()
+
+
+def test_every_artifact_has_its_schema(run):
+    w = run["workdir"]
+    for rel, name in ARTIFACTS.items():
+        df = io.read_table(w / rel, name)
+        assert len(df) > 0, rel
+    for n in (0, 1, 2):
+        assert (w / f"results/iter-{n}/eval/run.trec").stat().st_size > 0
+        assert (w / f"results/iter-{n}/index/metadata.json").exists()
+    assert (w / "results/teachers/pointwise/model/pairdistill_teacher.json").exists()
+
+
+def test_stage_contents_are_consistent(run):
+    w = run["workdir"]
+    topk = io.read_table(w / "results/iter-1/train_topk.parquet", "run")
+    assert topk.groupby("query_id")["rank"].max().max() <= 8
+    pointwise = io.read_table(w / "results/iter-1/pointwise.parquet", "pointwise")
+    # every retrieved pair was scored, and every query's teacher ranks are 1..n
+    assert len(pointwise.merge(topk, on=["query_id", "doc_id"])) == len(topk)
+    for _, g in pointwise.groupby("query_id"):
+        assert sorted(g["teacher_rank"]) == list(range(1, len(g) + 1))
+    pairs = io.read_table(w / "results/iter-1/pairs.parquet", "pairs")
+    gap = pairs["rank_b"] - pairs["rank_a"]
+    assert ((gap > 0) & (gap < 4)).all()
+    assert (pairs.groupby("query_id").size() <= 3).all()
+    pairwise = io.read_table(w / "results/iter-1/pairwise.parquet", "pairwise")
+    assert len(pairwise) == len(pairs)
+    assert pairwise["p_ba"].notna().all()  # both orders by default
+    expected = (pairwise["p_ab"] + 1 - pairwise["p_ba"]) / 2
+    np.testing.assert_allclose(pairwise["prob"], expected, rtol=1e-5)
+    loss = io.read_table(w / "results/iter-1/train_loss.parquet", "loss")
+    assert np.isfinite(loss[["loss", "loss_cl", "loss_kd", "loss_pair"]].to_numpy()).all()
+    np.testing.assert_allclose(loss["loss"], loss["loss_cl"] + loss["loss_kd"] + 3.0 * loss["loss_pair"],
+                               rtol=1e-4)
+
+
+def test_metrics_are_finite_and_summarized(run):
+    w = run["workdir"]
+    summary = pd.read_parquet(w / "results/summary.parquet")
+    assert list(summary.columns) == ["system", "iteration", "nDCG@10", "RR@10", "R@100", "R@1000"]
+    assert summary["system"].tolist()[:3] == ["iteration 0", "iteration 1", "iteration 2"]
+    assert len(summary) == 5
+    values = summary[["nDCG@10", "RR@10", "R@100", "R@1000"]].to_numpy(dtype=float)
+    assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()
+    assert "PairDistill summary" in run["resumed"].stdout + run["resumed"].stderr
+
+
+def test_checkpoints_differ_between_iterations(run):
+    w = run["workdir"]
+    weights = [load_file(w / f"results/iter-{n}/checkpoint/model.safetensors") for n in (0, 1, 2)]
+    for a, b in ((0, 1), (1, 2)):
+        assert weights[a].keys() == weights[b].keys()
+        assert any(not torch.equal(weights[a][k], weights[b][k]) for k in weights[a]), (a, b)
+
+
+def test_checkpoint_loads_in_stock_colbert_searcher(run):
+    from pairdistill import student
+
+    w = run["workdir"]
+    student.setup_colbert()
+    from colbert import Searcher
+
+    index = (w / "results/iter-2/index").resolve()
+    with student.colbert_run(run["root"] / "colbert"):
+        searcher = Searcher(index=str(index), checkpoint=str((w / "results/iter-2/checkpoint").resolve()),
+                            collection=str(index / "collection.tsv"), verbose=0)
+        pids, ranks, scores = searcher.search("vitamin D deficiency and bone density", k=5)
+    assert len(pids) == 5 and ranks == [1, 2, 3, 4, 5]
+    assert all(math.isfinite(s) for s in scores)
+
+
+def test_second_run_has_nothing_to_do(run):
+    assert dry_run(run["workdir"], configfiles=(run["config"],)) == []
+
+
+def test_next_iteration_plans_only_its_own_jobs(run):
+    jobs = dry_run(run["workdir"], "--config", "iteration=3", configfiles=(run["config"],))
+    rules = sorted(rule for rule, _ in jobs)
+    assert rules == sorted(["retrieve", "pointwise", "sample_pairs", "pairwise", "train", "index", "evaluate",
+                            "summary"])
+    for rule, outputs in jobs:
+        if rule != "summary":
+            assert all("results/iter-3/" in o for o in outputs), (rule, outputs)
+
+
+def test_teacher_setting_reruns_scoring_and_downstream_only(run):
+    changed = write_config(run["root"] / "teacher.yaml", {"teachers": {"pointwise": {"max_length": 56}}})
+    jobs = dry_run(run["workdir"], configfiles=(run["config"], changed))
+    planned = {(rule, o) for rule, outputs in jobs for o in outputs}
+    rules = {rule for rule, _ in jobs}
+    assert {"pointwise", "sample_pairs", "pairwise", "train"} <= rules
+    assert ("pointwise", "results/iter-1/pointwise.parquet") in planned
+    assert not rules & {"prepare", "init_checkpoint", "mine_negatives", "fit_teacher"}
+    untouched = {"results/iter-0/index", "results/iter-0/eval/metrics.parquet",
+                 "results/iter-1/train_topk.parquet"}
+    assert not untouched & {o for _, o in planned}
