@@ -16,6 +16,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(workflow.basedir, ".cache", "torch_extensions"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # colbert-ai's bars; our stages log progress lines
 PD = f'"{sys.executable}" -m pairdistill --threads {{threads}}'
 
 ITERATION = int(config["iteration"])
@@ -82,8 +83,8 @@ def teacher_input(kind):
     return [f"results/teachers/{kind}/model"] if teacher_fitted(kind) else []
 
 
-def search_flags():
-    s = config["search"]
+def search_flags(section):
+    s = config[section]["search"]
     return (f"--ncells {s['ncells']} --centroid-score-threshold {s['centroid_score_threshold']} "
             f"--ndocs {s['ndocs']}")
 

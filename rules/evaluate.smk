@@ -15,7 +15,7 @@ rule evaluate:
         split=config["eval_split"],
         k=config["evaluate"]["k"],
         measures=config["evaluate"]["measures"],
-        search=search_flags(),
+        search=search_flags("evaluate"),
     log:
         "logs/evaluate/iter-{it}.log",
     benchmark:

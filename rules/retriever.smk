@@ -66,7 +66,7 @@ rule retrieve:
         k=config["retrieve"]["top_k"],
         max_queries=config["retrieve"]["max_queries"],
         seed=config["seed"],
-        search=search_flags(),
+        search=search_flags("retrieve"),
     log:
         "logs/retrieve/iter-{it}.log",
     benchmark:

