@@ -1,0 +1,69 @@
+"""Training groups, and the loop's MaxSim against colbert-ai's own scoring."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from pairdistill.train import _maxsim, _maxsim_aligned, build_groups
+
+
+def _pointwise(qid, docs):
+    n = len(docs)
+    return pd.DataFrame({"query_id": qid, "doc_id": docs, "retriever_rank": range(1, n + 1),
+                         "retriever_score": [float(n - i) for i in range(n)],
+                         "teacher_score": [float(10 - i) for i in range(n)], "teacher_rank": range(1, n + 1)})
+
+
+def _pairwise(rows):
+    return pd.DataFrame(rows, columns=["query_id", "doc_a", "doc_b", "prob"])
+
+
+def test_groups_put_the_positive_first_and_keep_pairs_inside_the_group():
+    pw = _pointwise("q", ["d1", "d2", "d3", "d4", "d5", "d6"])
+    pairs = _pairwise([("q", "d5", "d6", 0.8), ("q", "d2", "d3", 0.3)])
+    groups, stats = build_groups(pw, pairs, {"q": {"d4"}}, nway=5, use_labels=True, seed=0)
+    (g,) = groups
+    assert g.doc_ids[0] == "d4" and g.positive_index == 0
+    assert set(g.doc_ids) >= {"d2", "d3", "d5", "d6"}  # the pairs' documents come before filling
+    assert len(g.doc_ids) == 5
+    assert g.teacher_scores == [10.0 - int(d[1:]) + 1 for d in g.doc_ids]
+    got = {(g.doc_ids[i], g.doc_ids[j], p) for i, j, p in g.pairs}
+    assert got == {("d5", "d6", 0.8), ("d2", "d3", 0.3)}
+    assert stats["groups"] == 1 and stats["pairs_in_groups"] == 2
+
+
+def test_other_positives_are_left_out_and_unlabelled_queries_skipped():
+    pw = pd.concat([_pointwise("q1", ["a", "b", "c", "d"]), _pointwise("q2", ["x", "y", "z"])])
+    groups, stats = build_groups(pw, _pairwise([]), {"q1": {"a", "c"}}, nway=3, use_labels=True, seed=0)
+    assert [g.doc_ids for g in groups] == [["a", "b", "d"]]
+    assert stats["skipped_no_positive"] == 1
+
+
+def test_zero_shot_groups_need_no_labels_and_short_lists_are_skipped():
+    pw = pd.concat([_pointwise("q1", ["a", "b", "c"]), _pointwise("q2", ["x", "y"])])
+    groups, stats = build_groups(pw, _pairwise([]), {}, nway=3, use_labels=False, seed=0)
+    assert [g.query_id for g in groups] == ["q1"] and groups[0].positive_index is None
+    assert stats["skipped_short_list"] == 1
+
+
+def test_maxsim_matches_colbert_scoring():
+    from pairdistill import student
+
+    student.setup_colbert()
+    from colbert.infra import ColBERTConfig
+    from colbert.modeling.colbert import colbert_score
+
+    torch.manual_seed(0)
+    B, nway, Lq, Ld, dim = 2, 3, 4, 5, 8
+    Q = torch.nn.functional.normalize(torch.randn(B, Lq, dim), dim=-1)
+    D = torch.nn.functional.normalize(torch.randn(B * nway, Ld, dim), dim=-1)
+    mask = torch.ones(B * nway, Ld, 1, dtype=torch.bool)
+    mask[0, 3:] = False
+    mask[4, 1:] = False
+    expected = colbert_score(Q.repeat_interleave(nway, 0), D.clone(), mask, config=ColBERTConfig()).view(B, nway)
+    assert torch.allclose(_maxsim_aligned(Q, D, mask, nway), expected, atol=1e-5)
+    wide = _maxsim(Q, D, mask)
+    assert wide.shape == (B, B * nway)
+    assert torch.allclose(wide.view(B, B, nway)[torch.arange(B), torch.arange(B)], expected, atol=1e-5)
