@@ -96,7 +96,9 @@ def run(tmp_path_factory, tiny_bert_dir):
 def test_killed_job_leaves_nothing_a_rerun_would_trust(run):
     assert run["killed"] == {"checkpoint": False, "loss": False}
     # the killed job's temporary output is not at the final path; the resumed run completed it
+    # and removed the temporary
     assert (run["workdir"] / "results/iter-1/checkpoint/model.safetensors").exists()
+    assert not list((run["workdir"] / "results").rglob("*.tmp"))
 
 
 def test_every_artifact_has_its_schema(run):

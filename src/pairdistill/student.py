@@ -23,6 +23,7 @@ from typing import Iterator, Mapping, Sequence
 import pandas as pd
 
 from . import io, runtime
+from .progress import Progress
 
 _PATCHED = False
 
@@ -98,12 +99,13 @@ def _tsv_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def _passage_embedding_cache():
+def _passage_embedding_cache(progress, reuse: bool):
     """Share the k-means sample's passage embeddings with the indexing pass.
 
     PLAID encodes a sample of passages for k-means, then every passage again; on small corpora
-    the sample is the whole corpus. Each sampled passage's embeddings are kept (fp16, which is
-    what the index stores) until the indexing pass asks for that passage, then dropped.
+    the sample is the whole corpus. With ``reuse``, each sampled passage's embeddings are kept
+    (fp16, which is what the index stores) until the indexing pass asks for that passage, then
+    dropped. Either way, ``progress`` counts the passages of the indexing pass.
     """
     import torch
     from colbert.indexing.collection_encoder import CollectionEncoder
@@ -116,10 +118,11 @@ def _passage_embedding_cache():
         if first_call[0]:  # the k-means sample
             first_call[0] = False
             embs, doclens = original(self, passages)
-            if len(passages):
+            if reuse and len(passages):
                 for p, e in zip(passages, torch.split(embs, list(doclens))):
                     cache[p] = e.half()
             return embs, doclens
+        progress.update(len(passages))
         missing = [p for p in dict.fromkeys(passages) if p not in cache]
         if missing:
             embs, doclens = original(self, missing)
@@ -166,8 +169,8 @@ def build_index(checkpoint: str | Path, corpus: pd.DataFrame, texts: Sequence[st
         corpus[["doc_id"]].reset_index(drop=True).to_parquet(tmp / "doc_ids.parquet", index=False)
         cfg = colbert_config(nbits=nbits, doc_maxlen=doc_maxlen, kmeans_niters=kmeans_niters,
                              index_bsize=index_bsize, avoid_fork_if_possible=True)
-        cache = _passage_embedding_cache() if reuse_sample_embeddings else contextlib.nullcontext()
-        with colbert_run(tmp / ".colbert"), cache:
+        progress = Progress(len(texts), "index", unit="passages")
+        with colbert_run(tmp / ".colbert"), _passage_embedding_cache(progress, reuse_sample_embeddings):
             indexer = Indexer(checkpoint=str(Path(checkpoint).resolve()), config=cfg, verbose=1)
             # the index lives in tmp itself; the absolute name makes colbert ignore index_root
             indexer.index(name=str(tmp), collection=str(collection_tsv), overwrite="force_silent_overwrite")
@@ -178,12 +181,10 @@ def build_index(checkpoint: str | Path, corpus: pd.DataFrame, texts: Sequence[st
 
 def search(checkpoint: str | Path, index_dir: str | Path, queries: Mapping[str, str], k: int, *,
            ncells: int, centroid_score_threshold: float, ndocs: int, query_maxlen: int | None = None,
-           batch: int = 256, progress_label: str | None = None) -> pd.DataFrame:
+           batch: int = 64, progress_label: str | None = None) -> pd.DataFrame:
     """Top-``k`` of every query through colbert-ai's Searcher: a frame in the io "run" schema."""
     setup_colbert()
     from colbert import Searcher
-
-    from .progress import Progress
 
     index_dir = Path(index_dir).resolve()
     doc_ids = pd.read_parquet(index_dir / "doc_ids.parquet")["doc_id"].to_numpy()

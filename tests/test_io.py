@@ -1,0 +1,47 @@
+"""Typed artifacts and atomic writes."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pairdistill import io
+
+
+def _run_frame():
+    return pd.DataFrame({"query_id": ["q"], "doc_id": ["d"], "rank": [1], "score": [0.5]})
+
+
+def test_write_and_read_back_with_schema(tmp_path):
+    io.write_table(_run_frame(), "run", tmp_path / "run.parquet")
+    df = io.read_table(tmp_path / "run.parquet", "run")
+    assert df.to_dict("records") == [{"query_id": "q", "doc_id": "d", "rank": 1, "score": 0.5}]
+    with pytest.raises(ValueError, match="schema does not match 'pairs'"):
+        io.read_table(tmp_path / "run.parquet", "pairs")
+
+
+def test_missing_or_extra_columns_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"missing \['score'\], extra \['points'\]"):
+        io.write_table(_run_frame().rename(columns={"score": "points"}), "run", tmp_path / "x.parquet")
+    assert not list(tmp_path.iterdir())
+
+
+def test_failed_write_leaves_nothing_and_stale_temporaries_are_removed(tmp_path):
+    target = tmp_path / "out.parquet"
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert not list(tmp_path.iterdir())
+    (tmp_path / ".out.parquet.abc.tmp").write_text("left by a killed job")
+    io.write_table(_run_frame(), "run", target)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]
+
+
+def test_directory_outputs_replace_whole(tmp_path):
+    target = tmp_path / "ckpt"
+    for content in ("one", "two"):
+        with io.atomic_path(target, is_dir=True) as tmp:
+            (tmp / "weights").write_text(content)
+    assert (target / "weights").read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]

@@ -1,0 +1,72 @@
+"""The ColBERT student through colbert-ai: checkpoint, index, search, and the git guard."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from pairdistill import student
+
+from workflow import DATA_DIR
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    path = DATA_DIR / "scifact" / "corpus.jsonl"
+    if not path.exists():
+        pytest.skip("SciFact not found")
+    docs = [json.loads(line) for line, _ in zip(open(path), range(80))]
+    df = pd.DataFrame({"doc_id": [d["_id"] for d in docs], "title": [d["title"] for d in docs],
+                       "text": [d["text"] for d in docs]})
+    return df, [f"{t} {x}" for t, x in zip(df["title"], df["text"])]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_bert_dir):
+    out = tmp_path_factory.mktemp("student") / "ckpt"
+    student.init_checkpoint(tiny_bert_dir, out, dim=16, query_maxlen=16, doc_maxlen=32, seed=0)
+    return out
+
+
+def test_checkpoint_describes_itself(checkpoint):
+    meta = json.loads((checkpoint / "artifact.metadata").read_text())
+    assert meta["dim"] == 16 and meta["doc_maxlen"] == 32 and meta["query_maxlen"] == 16
+    assert meta["model_name"] is None and meta["checkpoint"] is None  # no path to a base model
+    assert "git_branch" not in meta["meta"]  # the GitPython lookup is replaced
+    assert {"config.json", "model.safetensors", "vocab.txt"} <= {p.name for p in checkpoint.iterdir()}
+
+
+def test_init_checkpoint_is_seeded(checkpoint, tmp_path, tiny_bert_dir):
+    from safetensors.torch import load_file
+
+    again = tmp_path / "again"
+    student.init_checkpoint(tiny_bert_dir, again, dim=16, query_maxlen=16, doc_maxlen=32, seed=0)
+    a, b = load_file(checkpoint / "model.safetensors"), load_file(again / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_reusing_sample_embeddings_does_not_change_the_index(checkpoint, corpus, tmp_path):
+    df, texts = corpus
+    stats = {}
+    for reuse in (True, False):
+        stats[reuse] = student.build_index(checkpoint, df, texts, tmp_path / f"idx-{reuse}", nbits=2,
+                                           doc_maxlen=32, kmeans_niters=2, reuse_sample_embeddings=reuse, seed=1)
+    assert stats[True] == stats[False]
+    codes = [torch.load(tmp_path / f"idx-{r}" / "0.codes.pt") for r in (True, False)]
+    assert (codes[0] == codes[1]).float().mean() > 0.999
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx-False", "idx-True"]  # no temporary left
+
+
+def test_search_returns_document_ids(checkpoint, corpus, tmp_path):
+    df, texts = corpus
+    student.build_index(checkpoint, df, texts, tmp_path / "idx", nbits=2, doc_maxlen=32, kmeans_niters=2)
+    queries = {"q-a": texts[3][:60], "q-b": texts[10][:60]}
+    run = student.search(checkpoint, tmp_path / "idx", queries, k=5, ncells=2, centroid_score_threshold=0.45,
+                         ndocs=256)
+    assert set(run["query_id"]) == {"q-a", "q-b"}
+    assert run.groupby("query_id")["rank"].apply(list).tolist() == [[1, 2, 3, 4, 5]] * 2
+    assert set(run["doc_id"]) <= set(df["doc_id"])
+    assert (run.groupby("query_id")["score"].apply(lambda s: s.is_monotonic_decreasing)).all()
