@@ -292,9 +292,7 @@ def _t5_first_step_logits(model, batch: dict) -> torch.Tensor:
 
 
 @dataclass
-class PointwiseScorer:
-    """A loaded pointwise teacher; ``score(queries, docs)`` -> float32 relevance per pair."""
-
+class _LoadedTeacher:
     model: object
     tokenizer: object
     family: str
@@ -302,6 +300,10 @@ class PointwiseScorer:
     batch_size: int
     device: torch.device
     path: str
+
+
+class PointwiseScorer(_LoadedTeacher):
+    """A loaded pointwise teacher; ``score(queries, docs)`` -> float32 relevance per pair."""
 
     def encode(self, queries: Sequence[str], docs: Sequence[str]) -> list[dict]:
         if self.family == "monot5":
@@ -329,17 +331,8 @@ class PointwiseScorer:
                             self._forward, self.device, progress_label, "pairs")
 
 
-@dataclass
-class PairwiseScorer:
+class PairwiseScorer(_LoadedTeacher):
     """A loaded pairwise teacher; ``prob(q, a, b)`` -> float32 P(a more relevant than b)."""
-
-    model: object
-    tokenizer: object
-    family: str
-    max_length: int
-    batch_size: int
-    device: torch.device
-    path: str
 
     def encode(self, queries, docs_a, docs_b) -> list[dict]:
         if self.family == "duot5":
