@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--measures", nargs="+", required=True)
         _teacher_args(p)
 
+    p = sub.add_parser("benchmarks", help="per-stage wall time and peak memory from benchmark files")
+    p.add_argument("--dir", default="benchmarks")
+
     p = sub.add_parser("summary", help="one table: systems as rows, measures as columns")
     p.add_argument("--metrics", nargs="+", required=True)
     p.add_argument("--out", required=True)
@@ -206,6 +209,10 @@ def run(a: argparse.Namespace):
                   batch_size=a.batch_size)
     if s == "summary":
         return stages.summarize(a.metrics, a.out, a.out_tsv)
+    if s == "benchmarks":
+        from .benchmarks import report
+
+        return print(report(a.dir))
     raise AssertionError(s)
 
 
