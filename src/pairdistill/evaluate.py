@@ -19,7 +19,7 @@ def metrics(run: pd.DataFrame, qrels: pd.DataFrame, measures: Sequence[str], *, 
     import ir_measures
 
     parsed = [ir_measures.parse_measure(m) for m in measures]
-    qrels_in = qrels.rename(columns={"relevance": "relevance"})[["query_id", "doc_id", "relevance"]].copy()
+    qrels_in = qrels[["query_id", "doc_id", "relevance"]].copy()
     qrels_in["relevance"] = qrels_in["relevance"].astype(int)
     run_in = run[["query_id", "doc_id", "score"]].astype({"score": float})
     per_query = {m: {} for m in parsed}

@@ -148,13 +148,10 @@ def pointwise(topk_path: str, corpus_path: str, queries_path: str, qrels_path: s
 def sample_pairs(pointwise_path: str, out: str, *, delta: int, pairs_per_query: int, seed: int) -> pd.DataFrame:
     ranked = io.read_table(pointwise_path, "pointwise")
     sampled = pairs.sample_pairs(ranked, delta=delta, pairs_per_query=pairs_per_query, seed=seed)
-    if isinstance(sampled, tuple):
-        sampled = sampled[0]
     io.write_table(sampled, "pairs", out)
-    per_query = sampled.groupby("query_id")["n_sampled"].first()
-    _log(f"sampled {len(sampled)} pairs for {len(per_query)} queries "
-         f"(delta {delta}, up to {pairs_per_query} per query; {int((per_query < pairs_per_query).sum())} "
-         f"queries had fewer candidates)")
+    counts = pairs.pair_counts(sampled, ranked)
+    _log(f"sampled {len(sampled)} pairs for {len(counts)} queries (delta {delta}, up to {pairs_per_query} "
+         f"per query); {int((counts['n_sampled'] < pairs_per_query).sum())} queries had fewer candidates")
     return sampled
 
 
