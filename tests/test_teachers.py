@@ -122,10 +122,14 @@ def test_bert_pairwise_sigmoid_by_hand(tiny_cross_encoder_dir):
     probs = _check_order_and_batching(_pairwise(tiny_cross_encoder_dir), QUERIES, DOCS, OTHER)
     assert ((probs > 0) & (probs < 1)).all()
     tok, model = scorer.tokenizer, scorer.model
-    enc = tok(QUERIES[0], f"{DOCS[0]} [SEP] {OTHER[0]}", return_tensors="pt")
+    enc = tok(f"{QUERIES[0]} [SEP] {DOCS[0]}", OTHER[0], return_tensors="pt")
     with torch.inference_mode():
         logit = model(**enc).logits[0, 0]
     assert probs[0] == pytest.approx(float(torch.sigmoid(logit)), abs=1e-6)
+    # segment 0: [CLS] q [SEP] a [SEP]; segment 1: b [SEP]
+    types = enc["token_type_ids"][0].tolist()
+    seps = [i for i, t in enumerate(enc["input_ids"][0].tolist()) if t == tok.sep_token_id]
+    assert set(types[: seps[1] + 1]) == {0} and set(types[seps[1] + 1:]) == {1}
 
 
 def test_bert_pairwise_truncation_shares_budget(tiny_cross_encoder_dir):

@@ -189,10 +189,12 @@ def encode_cross(tokenizer, queries: Sequence[str], docs: Sequence[str], max_len
 
 def encode_bert_pairwise(tokenizer, queries: Sequence[str], docs_a: Sequence[str],
                          docs_b: Sequence[str], max_length: int) -> list[dict]:
-    """``[CLS] q [SEP] a [SEP] b [SEP]`` features.
+    """``[CLS] q [SEP] a [SEP] b [SEP]`` features, segment 0 for ``q`` and ``a``, 1 for ``b``.
 
-    After the (capped) query and the special tokens, the two passages each get an equal share of
-    the remaining budget, so a long ``a`` cannot push ``b`` out of the input.
+    The segment ids tell the two passages apart; with both in one segment only position
+    embeddings would, and a classifier fitted in few steps stays near P = 0.5. After the
+    (capped) query and the special tokens, the two passages each get an equal share of the
+    remaining budget, so a long ``a`` cannot push ``b`` out of the input.
     """
     sep = tokenizer.sep_token
     n = len(queries)
@@ -202,9 +204,9 @@ def encode_bert_pairwise(tokenizer, queries: Sequence[str], docs_a: Sequence[str
     share = [max((max_length - n_special - ql) // 2, 1) for ql in q_len]
     docs_a = _truncate_texts(tokenizer, docs_a, share)
     docs_b = _truncate_texts(tokenizer, docs_b, share)
-    seconds = [f"{a} {sep} {b}" for a, b in zip(docs_a, docs_b)]
+    firsts = [f"{q} {sep} {a}" for q, a in zip(queries, docs_a)]
     # Re-tokenising a cut text can differ by a token at the cut; truncation is the safety net.
-    enc = tokenizer(list(queries), seconds, truncation="only_second", max_length=max_length)
+    enc = tokenizer(firsts, list(docs_b), truncation="longest_first", max_length=max_length)
     return _split_features(enc)
 
 
