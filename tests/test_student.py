@@ -48,13 +48,17 @@ def test_init_checkpoint_is_seeded(checkpoint, tmp_path, tiny_bert_dir):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_reusing_sample_embeddings_does_not_change_the_index(checkpoint, corpus, tmp_path):
+def test_reusing_sample_embeddings_does_not_change_the_index(checkpoint, corpus, tmp_path, capsys):
     df, texts = corpus
-    stats = {}
+    stats, last_progress = {}, {}
     for reuse in (True, False):
         stats[reuse] = student.build_index(checkpoint, df, texts, tmp_path / f"idx-{reuse}", nbits=2,
                                            doc_maxlen=32, kmeans_niters=2, reuse_sample_embeddings=reuse, seed=1)
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[index: encode]")]
+        last_progress[reuse] = lines[-1].split()[2]
     assert stats[True] == stats[False]
+    # with reuse every passage is encoded once; without, the sample (here all 80) twice
+    assert last_progress == {True: "80/80", False: "160/160"}
     codes = [torch.load(tmp_path / f"idx-{r}" / "0.codes.pt") for r in (True, False)]
     assert (codes[0] == codes[1]).float().mean() > 0.999
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx-False", "idx-True"]  # no temporary left

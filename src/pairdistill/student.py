@@ -99,13 +99,14 @@ def _tsv_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def _passage_embedding_cache(progress, reuse: bool):
-    """Share the k-means sample's passage embeddings with the indexing pass.
+def _passage_embedding_cache(progress, reuse: bool, chunk: int = 256):
+    """Share the k-means sample's passage embeddings with the indexing pass, and count progress.
 
     PLAID encodes a sample of passages for k-means, then every passage again; on small corpora
     the sample is the whole corpus. With ``reuse``, each sampled passage's embeddings are kept
     (fp16, which is what the index stores) until the indexing pass asks for that passage, then
-    dropped. Either way, ``progress`` counts the passages of the indexing pass.
+    dropped. ``progress`` counts passages as they are encoded; the sample is encoded ``chunk``
+    passages at a time so that its (long) encoding shows progress too.
     """
     import torch
     from colbert.indexing.collection_encoder import CollectionEncoder
@@ -114,25 +115,35 @@ def _passage_embedding_cache(progress, reuse: bool):
     cache: dict[str, torch.Tensor] = {}
     first_call = [True]
 
+    def encode(self, passages):
+        embs, doclens = [], []
+        for start in range(0, len(passages), chunk):
+            e, d = original(self, passages[start:start + chunk])
+            embs.append(e)
+            doclens.extend(d)
+            progress.update(len(passages[start:start + chunk]))
+        return torch.cat(embs), doclens
+
     def encode_passages(self, passages):
+        if not len(passages):
+            return original(self, passages)
         if first_call[0]:  # the k-means sample
             first_call[0] = False
-            embs, doclens = original(self, passages)
-            if reuse and len(passages):
+            if not reuse:  # the indexing pass will encode every passage again
+                progress.total += len(passages)
+            embs, doclens = encode(self, passages)
+            if reuse:
                 for p, e in zip(passages, torch.split(embs, list(doclens))):
                     cache[p] = e.half()
             return embs, doclens
-        progress.update(len(passages))
         missing = [p for p in dict.fromkeys(passages) if p not in cache]
         if missing:
-            embs, doclens = original(self, missing)
+            embs, doclens = encode(self, missing)
             for p, e in zip(missing, torch.split(embs, list(doclens))):
                 cache[p] = e.half()
         parts = [cache[p] for p in passages]
         for p in set(passages):
             cache.pop(p, None)
-        if not parts:
-            return original(self, passages)
         return torch.cat(parts).float(), [len(e) for e in parts]
 
     @contextlib.contextmanager
@@ -169,7 +180,7 @@ def build_index(checkpoint: str | Path, corpus: pd.DataFrame, texts: Sequence[st
         corpus[["doc_id"]].reset_index(drop=True).to_parquet(tmp / "doc_ids.parquet", index=False)
         cfg = colbert_config(nbits=nbits, doc_maxlen=doc_maxlen, kmeans_niters=kmeans_niters,
                              index_bsize=index_bsize, avoid_fork_if_possible=True)
-        progress = Progress(len(texts), "index", unit="passages")
+        progress = Progress(len(texts), "index: encode", unit="passages")
         with colbert_run(tmp / ".colbert"), _passage_embedding_cache(progress, reuse_sample_embeddings):
             indexer = Indexer(checkpoint=str(Path(checkpoint).resolve()), config=cfg, verbose=1)
             # the index lives in tmp itself; the absolute name makes colbert ignore index_root
