@@ -10,8 +10,6 @@ import pandas as pd
 
 from . import io
 
-DEFAULT_MEASURES = ("nDCG@10", "RR@10", "R@100", "R@1000")
-
 
 def metrics(run: pd.DataFrame, qrels: pd.DataFrame, measures: Sequence[str], *, system: str,
             iteration: int | None) -> pd.DataFrame:

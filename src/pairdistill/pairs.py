@@ -27,9 +27,6 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-POINTWISE_COLUMNS = ("query_id", "doc_id", "retriever_rank", "retriever_score",
-                     "teacher_score", "teacher_rank")
-PAIRS_COLUMNS = ("query_id", "doc_a", "doc_b", "rank_a", "rank_b", "n_candidates", "n_sampled")
 COUNTS_COLUMNS = ("query_id", "n_candidates", "n_sampled")
 
 

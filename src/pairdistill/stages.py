@@ -65,7 +65,7 @@ def index(checkpoint: str, corpus_path: str, out: str, *, nbits: int, doc_maxlen
     from . import student
 
     corpus = io.read_table(corpus_path, "corpus")
-    texts = [data.passage_text(t, x) for t, x in corpus[["title", "text"]].itertuples(index=False)]
+    texts = list(_texts(corpus).values())  # document ids are unique, so this keeps corpus order
     stats = student.build_index(checkpoint, corpus, texts, out, nbits=nbits, doc_maxlen=doc_maxlen,
                                 kmeans_niters=kmeans_niters, reuse_sample_embeddings=reuse_sample_embeddings,
                                 seed=seed)
@@ -101,7 +101,8 @@ def fit_teacher(kind: str, negatives_path: str, corpus_path: str, queries_path: 
     groups = []
     for qid, ranked in mined.groupby("query_id", sort=True):
         pos = positives.get(qid, [])
-        negs = [d for d in ranked["doc_id"] if d not in set(pos)][:negatives_per_query]
+        pos_set = set(pos)
+        negs = [d for d in ranked["doc_id"] if d not in pos_set][:negatives_per_query]
         if not negs:
             continue
         for p in pos:  # one group per labelled positive
@@ -180,7 +181,7 @@ def pairwise(pairs_path: str, corpus_path: str, queries_path: str, out: str, *, 
         p_ba, prob = None, p_ab
     out_df = sampled[["query_id", "doc_a", "doc_b", "rank_a", "rank_b"]].copy()
     out_df["p_ab"] = p_ab
-    out_df["p_ba"] = pd.array(p_ba, dtype="Float32") if p_ba is not None else pd.array([None] * len(q), dtype="Float32")
+    out_df["p_ba"] = pd.array(p_ba if p_ba is not None else [None] * len(q), dtype="Float32")
     out_df["prob"] = prob
     io.write_table(out_df, "pairwise", out)
     return out_df

@@ -191,8 +191,7 @@ def build_index(checkpoint: str | Path, corpus: pd.DataFrame, texts: Sequence[st
 
 
 def search(checkpoint: str | Path, index_dir: str | Path, queries: Mapping[str, str], k: int, *,
-           ncells: int, centroid_score_threshold: float, ndocs: int, query_maxlen: int | None = None,
-           batch: int = 64, progress_label: str | None = None) -> pd.DataFrame:
+           ncells: int, centroid_score_threshold: float, ndocs: int, batch: int = 64, progress_label: str | None = None) -> pd.DataFrame:
     """Top-``k`` of every query through colbert-ai's Searcher: a frame in the io "run" schema."""
     setup_colbert()
     from colbert import Searcher
@@ -200,8 +199,6 @@ def search(checkpoint: str | Path, index_dir: str | Path, queries: Mapping[str, 
     index_dir = Path(index_dir).resolve()
     doc_ids = pd.read_parquet(index_dir / "doc_ids.parquet")["doc_id"].to_numpy()
     kw = dict(ncells=ncells, centroid_score_threshold=centroid_score_threshold, ndocs=ndocs)
-    if query_maxlen:
-        kw["query_maxlen"] = query_maxlen
     with colbert_run(index_dir / ".colbert"):
         searcher = Searcher(index=str(index_dir), checkpoint=str(Path(checkpoint).resolve()),
                             collection=str(index_dir / "collection.tsv"), config=colbert_config(**kw),
