@@ -1,4 +1,5 @@
 # Config validation, paths, and the input functions every other rule file uses.
+import json
 import os
 import sys
 from pathlib import Path
@@ -18,6 +19,9 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(workflow.basedir, ".c
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")  # colbert-ai's bars; our stages log progress lines
 PD = f'"{sys.executable}" -m pairdistill --threads {{threads}}'
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+from pairdistill.data import input_files  # noqa: E402  (after the path is set)
+from pairdistill.shards import shard_names  # noqa: E402
 
 ITERATION = int(config["iteration"])
 DATA_DIR = config.get("data_dir") or os.environ.get("PAIRDISTILL_DATA_DIR") or "../shared/datasets"
@@ -25,11 +29,26 @@ FIT = "fit"  # teacher model setting: fit the embedded default's own teacher
 DATA = "results/data"
 CORPUS, QUERIES, QRELS = f"{DATA}/corpus.parquet", f"{DATA}/queries.parquet", f"{DATA}/qrels.parquet"
 THREADS = int(config["threads"])
+SHARDS = shard_names(int(config["shards"]))
+EVAL_SPLITS = [config["eval_split"]] if isinstance(config["eval_split"], str) else list(config["eval_split"])
+BEIR = config["beir_eval"]
+# a sharded stage's shard files, and the schema of its gathered file
+SHARDED = {"train_topk": "run", "pointwise": "pointwise", "pairs": "pairs", "pairwise": "pairwise"}
 
 
 wildcard_constraints:
     it=r"\d+",
     kind="pointwise|pairwise",
+    shard=r"\d+-of-\d+",
+    stage="|".join(SHARDED),
+    split=r"[^/]+",
+    beir=r"[^/]+",
+
+
+def resources_of(rule):
+    """A rule's portable resources (mem_mb, runtime, gpu) from config `resources`: its own entry
+    over `default`."""
+    return {**config["resources"]["default"], **config["resources"].get(rule, {})}
 
 
 def _looks_like_path(spec):
@@ -43,9 +62,20 @@ def check_inputs():
             f"data directory {DATA_DIR} does not exist "
             "(set data_dir with --config data_dir=... or the PAIRDISTILL_DATA_DIR environment variable)"
         )
-    dataset = os.path.join(DATA_DIR, config["dataset"])
-    if not os.path.isdir(dataset):
-        raise WorkflowError(f"dataset directory {dataset} does not exist (config key: dataset)")
+    for name, key in [(config["dataset"], "dataset")] + [(d, "beir_eval.datasets") for d in BEIR["datasets"]]:
+        dataset = os.path.join(DATA_DIR, name)
+        if not os.path.isdir(dataset):
+            raise WorkflowError(f"dataset directory {dataset} does not exist (config key: {key})")
+    if config["format"] == "msmarco":
+        files = config.get("files")
+        if not files:
+            raise WorkflowError("format msmarco needs `files` (collection, queries, qrels per split)")
+        for split in [config["train_split"], *EVAL_SPLITS]:
+            if split not in files["queries"]:
+                raise WorkflowError(f"split {split!r} has no queries file (config key: files.queries.{split})")
+        for split in EVAL_SPLITS:
+            if split not in files["qrels"]:
+                raise WorkflowError(f"evaluation split {split!r} has no qrels file (config key: files.qrels.{split})")
     models = {
         "student.init": config["student"]["init"],
         "teachers.pointwise.model": config["teachers"]["pointwise"]["model"],
@@ -93,18 +123,45 @@ def teacher_rerank_enabled():
     return config["evaluate"]["teacher_rerank"]["enabled"]
 
 
+def measures(split):
+    return config["evaluate"]["measures_by_split"].get(split, config["evaluate"]["measures"])
+
+
+def shard_files(it, stage):
+    return [f"results/iter-{it}/{stage}/shard-{s}.parquet" for s in SHARDS]
+
+
+def score_cache(stage):
+    """An earlier iteration's scores of the same shard: what the same teacher scored is reused."""
+    return lambda w: [f"results/iter-{n}/{stage}/shard-{w.shard}.parquet" for n in range(1, int(w.it))]
+
+
 def metric_files():
-    files = [f"results/iter-{n}/eval/metrics.parquet" for n in range(ITERATION + 1)]
+    files = [f"results/iter-{n}/eval/{split}/metrics.parquet" for n in range(ITERATION + 1) for split in EVAL_SPLITS]
+    files += [f"results/iter-{n}/beir/{d}/eval/metrics.parquet" for n in range(ITERATION + 1) for d in BEIR["datasets"]]
     if teacher_rerank_enabled():
         files += [f"results/teachers/{kind}/rerank/metrics.parquet" for kind in ("pointwise", "pairwise")]
     return files
 
 
+def teacher_score_files():
+    return [f"results/iter-{n}/{stage}.parquet" for n in range(1, ITERATION + 1) for stage in ("pointwise", "pairwise")]
+
+
+def gathered_files():
+    """Every sharded stage's gathered file of every round (training reads two of them; the top-k
+    and the sampled pairs are gathered for inspection)."""
+    return [f"results/iter-{n}/{stage}.parquet" for n in range(1, ITERATION + 1) for stage in SHARDED]
+
+
 def final_outputs():
-    return [*metric_files(), "results/summary.parquet"]
+    return [*metric_files(), *gathered_files(), "results/summary.parquet", "results/teacher_cache.tsv"]
 
 
 def print_summary():
     path = Path("results/summary.tsv")
     if path.exists():
         print("\nPairDistill summary (results/summary.parquet):\n" + path.read_text())
+    cache = Path("results/teacher_cache.tsv")
+    if cache.exists() and len(cache.read_text().splitlines()) > 1:
+        print("Teacher scores reused from earlier iterations (results/teacher_cache.tsv):\n" + cache.read_text())

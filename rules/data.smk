@@ -1,4 +1,11 @@
+# The training collection (BEIR layout or MS MARCO TSV files) and each BEIR collection used for
+# zero-shot evaluation, validated and written as Parquet.
+
+
 rule prepare:
+    input:
+        input_files(DATA_DIR, config["dataset"], config["format"], config.get("files"),
+                    sorted({config["train_split"], *EVAL_SPLITS})),
     output:
         corpus=CORPUS,
         queries=QUERIES,
@@ -6,15 +13,38 @@ rule prepare:
     params:
         data_dir=DATA_DIR,
         dataset=config["dataset"],
-        splits=sorted({config["train_split"], config["eval_split"]}),
+        splits=sorted({config["train_split"], *EVAL_SPLITS}),
+        format=config["format"],
+        files=json.dumps(config.get("files") or None),
     log:
         "logs/prepare/prepare.log",
     benchmark:
         "benchmarks/prepare/prepare.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **resources_of("prepare"),
     shell:
-        PD + " prepare --data-dir {params.data_dir:q} --dataset {params.dataset} --splits {params.splits}"
-        " --out-dir " + DATA + " > {log} 2>&1"
+        PD + " prepare --data-dir {params.data_dir:q} --dataset {params.dataset:q} --splits {params.splits}"
+        " --format {params.format} --files {params.files:q} --out-dir " + DATA + " > {log} 2>&1"
+
+
+rule prepare_beir:
+    input:
+        lambda w: input_files(DATA_DIR, w.beir, "beir", None, [BEIR["split"]]),
+    output:
+        corpus="results/beir/{beir}/corpus.parquet",
+        queries="results/beir/{beir}/queries.parquet",
+        qrels="results/beir/{beir}/qrels.parquet",
+    params:
+        data_dir=DATA_DIR,
+        split=BEIR["split"],
+    log:
+        "logs/prepare_beir/{beir}.log",
+    benchmark:
+        "benchmarks/prepare_beir/{beir}.tsv"
+    threads: 1
+    resources:
+        **resources_of("prepare_beir"),
+    shell:
+        PD + " prepare --data-dir {params.data_dir:q} --dataset {wildcards.beir:q} --splits {params.split}"
+        " --format beir --out-dir results/beir/{wildcards.beir} > {log} 2>&1"

@@ -8,32 +8,60 @@ rule evaluate:
         queries=QUERIES,
         qrels=QRELS,
     output:
-        run="results/iter-{it}/eval/run.parquet",
-        trec="results/iter-{it}/eval/run.trec",
-        metrics="results/iter-{it}/eval/metrics.parquet",
+        run="results/iter-{it}/eval/{split}/run.parquet",
+        trec="results/iter-{it}/eval/{split}/run.trec",
+        metrics="results/iter-{it}/eval/{split}/metrics.parquet",
     params:
-        split=config["eval_split"],
         k=config["evaluate"]["k"],
-        measures=config["evaluate"]["measures"],
+        measures=lambda w: measures(w.split),
         search=search_flags("evaluate"),
+        eval_set=lambda w: f"{config['dataset']}/{w.split}",
     log:
-        "logs/evaluate/iter-{it}.log",
+        "logs/evaluate/iter-{it}/{split}.log",
     benchmark:
-        "benchmarks/evaluate/iter-{it}.tsv"
+        "benchmarks/evaluate/iter-{it}/{split}.tsv"
     threads: THREADS
     resources:
-        mem_mb=8000,
-        runtime=60,
+        **resources_of("evaluate"),
     shell:
         PD + " evaluate --checkpoint {input.checkpoint:q} --index {input.index:q} --queries {input.queries:q}"
-        " --qrels {input.qrels:q} --out-dir results/iter-{wildcards.it}/eval --split {params.split}"
-        " --k {params.k} --measures {params.measures:q} --iteration {wildcards.it} {params.search}"
-        " > {log} 2>&1"
+        " --qrels {input.qrels:q} --out-dir results/iter-{wildcards.it}/eval/{wildcards.split}"
+        " --split {wildcards.split} --k {params.k} --measures {params.measures:q} --iteration {wildcards.it}"
+        " --eval-set {params.eval_set:q} {params.search} > {log} 2>&1"
+
+
+rule evaluate_beir:
+    input:
+        checkpoint="results/iter-{it}/checkpoint",
+        index="results/iter-{it}/beir/{beir}/index",
+        queries="results/beir/{beir}/queries.parquet",
+        qrels="results/beir/{beir}/qrels.parquet",
+    output:
+        run="results/iter-{it}/beir/{beir}/eval/run.parquet",
+        trec="results/iter-{it}/beir/{beir}/eval/run.trec",
+        metrics="results/iter-{it}/beir/{beir}/eval/metrics.parquet",
+    params:
+        split=BEIR["split"],
+        k=BEIR["k"],
+        measures=BEIR["measures"],
+        search=search_flags("evaluate"),
+    log:
+        "logs/evaluate_beir/iter-{it}/{beir}.log",
+    benchmark:
+        "benchmarks/evaluate_beir/iter-{it}/{beir}.tsv"
+    threads: THREADS
+    resources:
+        **resources_of("evaluate_beir"),
+    shell:
+        PD + " evaluate --checkpoint {input.checkpoint:q} --index {input.index:q} --queries {input.queries:q}"
+        " --qrels {input.qrels:q} --out-dir results/iter-{wildcards.it}/beir/{wildcards.beir}/eval"
+        " --split {params.split} --k {params.k} --measures {params.measures:q} --iteration {wildcards.it}"
+        " --eval-set beir/{wildcards.beir}/{params.split} {params.search} > {log} 2>&1"
 
 
 def rerank_source(kind):
     # the pointwise teacher reranks iteration 0's run; the pairwise teacher the pointwise teacher's
-    return "results/iter-0/eval/run.parquet" if kind == "pointwise" else "results/teachers/pointwise/rerank/run.parquet"
+    return f"results/iter-0/eval/{EVAL_SPLITS[0]}/run.parquet" if kind == "pointwise" else "results/teachers/pointwise/rerank/run.parquet"
 
 
 rule rerank_teacher:
@@ -48,40 +76,43 @@ rule rerank_teacher:
         trec="results/teachers/{kind}/rerank/run.trec",
         metrics="results/teachers/{kind}/rerank/metrics.parquet",
     params:
-        split=config["eval_split"],
+        split=EVAL_SPLITS[0],
         depth=lambda w: config["evaluate"]["teacher_rerank"][f"{w.kind}_depth"],
         measures=config["evaluate"]["measures"],
         model=lambda w: teacher_model(w.kind),
         t=lambda w: config["teachers"][w.kind],
+        eval_set=f"{config['dataset']}/{EVAL_SPLITS[0]}",
     log:
         "logs/rerank_teacher/{kind}.log",
     benchmark:
         "benchmarks/rerank_teacher/{kind}.tsv"
     threads: THREADS
     resources:
-        mem_mb=8000,
-        runtime=720,
+        **resources_of("rerank_teacher"),
     shell:
         PD + " rerank-{wildcards.kind} --run {input.run:q} --corpus {input.corpus:q} --queries {input.queries:q}"
         " --qrels {input.qrels:q} --out-dir results/teachers/{wildcards.kind}/rerank --split {params.split}"
         " --depth {params.depth} --measures {params.measures:q} --model {params.model:q}"
         " --family {params.t[family]} --max-length {params.t[max_length]} --batch-size {params.t[batch_size]}"
-        " > {log} 2>&1"
+        " --eval-set {params.eval_set:q} > {log} 2>&1"
 
 
 rule summary:
+    """All metrics in one table, and the teacher-score cache's hit rate per iteration."""
     input:
-        metric_files(),
+        metrics=metric_files(),
+        teacher_scores=teacher_score_files(),
     output:
         parquet="results/summary.parquet",
         tsv="results/summary.tsv",
+        cache="results/teacher_cache.tsv",
     log:
         "logs/summary/summary.log",
     benchmark:
         "benchmarks/summary/summary.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        **resources_of("summary"),
     shell:
-        PD + " summary --metrics {input:q} --out {output.parquet:q} --out-tsv {output.tsv:q} > {log} 2>&1"
+        PD + " summary --metrics {input.metrics:q} --out {output.parquet:q} --out-tsv {output.tsv:q}"
+        " --teacher-scores {input.teacher_scores:q} --cache-out {output.cache:q} > {log} 2>&1"

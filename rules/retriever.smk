@@ -16,8 +16,7 @@ rule init_checkpoint:
         "benchmarks/init_checkpoint/iter-0.tsv"
     threads: THREADS
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **resources_of("init_checkpoint"),
     shell:
         PD + " init-checkpoint --base {params.base:q} --out {output:q} --dim {params.dim}"
         " --query-maxlen {params.query_maxlen} --doc-maxlen {params.doc_maxlen} --seed {params.seed}"
@@ -42,8 +41,7 @@ rule index:
         "benchmarks/index/iter-{it}.tsv"
     threads: THREADS
     resources:
-        mem_mb=16000,
-        runtime=240,
+        **resources_of("index"),
     shell:
         PD + " index --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --out {output:q}"
         " --nbits {params.nbits} --doc-maxlen {params.doc_maxlen} --kmeans-niters {params.kmeans_niters}"
@@ -58,7 +56,7 @@ rule retrieve:
         queries=QUERIES,
         qrels=QRELS,
     output:
-        "results/iter-{it}/train_topk.parquet",
+        "results/iter-{it}/train_topk/shard-{shard}.parquet",
     wildcard_constraints:
         it=r"[1-9]\d*",
     params:
@@ -68,21 +66,23 @@ rule retrieve:
         seed=config["seed"],
         search=search_flags("retrieve"),
     log:
-        "logs/retrieve/iter-{it}.log",
+        "logs/retrieve/iter-{it}/shard-{shard}.log",
     benchmark:
-        "benchmarks/retrieve/iter-{it}.tsv"
+        "benchmarks/retrieve/iter-{it}/shard-{shard}.tsv"
     threads: THREADS
     resources:
-        mem_mb=8000,
-        runtime=120,
+        **resources_of("retrieve"),
     shell:
         PD + " retrieve --checkpoint {input.checkpoint:q} --index {input.index:q} --queries {input.queries:q}"
         " --qrels {input.qrels:q} --out {output:q} --split {params.split} --k {params.k}"
-        " --max-queries {params.max_queries} --seed {params.seed} {params.search} > {log} 2>&1"
+        " --max-queries {params.max_queries} --seed {params.seed} --shard {wildcards.shard} {params.search}"
+        " > {log} 2>&1"
 
 
 rule train:
-    """Checkpoint {it}-1 -> {it} with L = L_CL + lambda_KD L_KD + lambda_pair L_pair."""
+    """Checkpoint {it}-1 -> {it} with L = L_CL + lambda_KD L_KD + lambda_pair L_pair. A resumable
+    state is saved every train.save_every steps in results/iter-{it}/train_state (not an output, so
+    Snakemake keeps it when the job is killed); a rerun continues from it, and removes it at the end."""
     input:
         checkpoint=lambda w: ckpt(int(w.it) - 1),
         corpus=CORPUS,
@@ -106,8 +106,7 @@ rule train:
         "benchmarks/train/iter-{it}.tsv"
     threads: THREADS
     resources:
-        mem_mb=16000,
-        runtime=720,
+        **resources_of("train"),
     shell:
         PD + " train --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --queries {input.queries:q}"
         " --qrels {input.qrels:q} --pointwise {input.pointwise:q} --pairwise {input.pairwise:q}"
@@ -116,6 +115,35 @@ rule train:
         " --max-steps {params.t[max_steps]} --lr {params.t[lr]} --warmup {params.t[warmup]}"
         " --weight-decay {params.t[weight_decay]} --lambda-kd {params.t[lambda_kd]}"
         " --lambda-pair {params.t[lambda_pair]} --temperature {params.t[temperature]}"
-        " --use-labels {params.t[use_labels]} --in-batch-negatives {params.t[in_batch_negatives]}"
+        " --use-labels {params.t[use_labels]} --unlabelled-queries {params.t[unlabelled_queries]}"
+        " --in-batch-negatives {params.t[in_batch_negatives]}"
+        " --state-dir results/iter-{wildcards.it}/train_state --save-every {params.t[save_every]}"
         " --query-maxlen {params.student[query_maxlen]} --doc-maxlen {params.student[doc_maxlen]}"
         " --seed {params.seed} > {log} 2>&1"
+
+
+rule index_beir:
+    """Zero-shot evaluation collections, indexed by every iteration's retriever (passage length
+    beir_eval.doc_maxlen, 300 in the paper)."""
+    input:
+        checkpoint="results/iter-{it}/checkpoint",
+        corpus="results/beir/{beir}/corpus.parquet",
+    output:
+        directory("results/iter-{it}/beir/{beir}/index"),
+    params:
+        nbits=config["index"]["nbits"],
+        doc_maxlen=BEIR["doc_maxlen"],
+        kmeans_niters=config["index"]["kmeans_niters"],
+        reuse=config["index"]["reuse_sample_embeddings"],
+        seed=config["seed"],
+    log:
+        "logs/index_beir/iter-{it}/{beir}.log",
+    benchmark:
+        "benchmarks/index_beir/iter-{it}/{beir}.tsv"
+    threads: THREADS
+    resources:
+        **resources_of("index_beir"),
+    shell:
+        PD + " index --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --out {output:q}"
+        " --nbits {params.nbits} --doc-maxlen {params.doc_maxlen} --kmeans-niters {params.kmeans_niters}"
+        " --reuse-sample-embeddings {params.reuse} --seed {params.seed} > {log} 2>&1"

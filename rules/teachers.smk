@@ -24,8 +24,7 @@ rule mine_negatives:
         "benchmarks/mine_negatives/mine_negatives.tsv"
     threads: THREADS
     resources:
-        mem_mb=8000,
-        runtime=120,
+        **resources_of("mine_negatives"),
     shell:
         PD + " retrieve --checkpoint {input.checkpoint:q} --index {input.index:q} --queries {input.queries:q}"
         " --qrels {input.qrels:q} --out {output:q} --split {params.split} --k {params.k}"
@@ -53,8 +52,7 @@ rule fit_teacher:
         "benchmarks/fit_teacher/{kind}.tsv"
     threads: THREADS
     resources:
-        mem_mb=8000,
-        runtime=720,
+        **resources_of("fit_teacher"),
     shell:
         PD + " fit-teacher --kind {wildcards.kind} --negatives {input.negatives:q} --corpus {input.corpus:q}"
         " --queries {input.queries:q} --qrels {input.qrels:q} --out {output.model:q} --loss-out {output.loss:q}"

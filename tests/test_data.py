@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pairdistill import io
-from pairdistill.data import load_beir, load_corpus, load_qrels, load_queries, passage_text, prepare
+from pairdistill.data import input_files, load_beir, load_corpus, load_qrels, load_queries, passage_text, prepare
 from pairdistill.errors import InputError
 
 DATA_DIR = Path(os.environ.get("PAIRDISTILL_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
@@ -62,12 +62,15 @@ def test_scifact_loads_with_known_counts():
     corpus, queries, qrels, stats = load_beir(DATA_DIR, "scifact", ["train", "test"])
     assert len(corpus) == 5183 and list(corpus.columns) == ["doc_id", "title", "text"]
     assert stats["documents"] == 5183 and stats["skipped_empty"] == 0
-    assert stats["queries"] == {"train": 809, "test": 300}
+    assert stats["queries"] == stats["labelled"] == {"train": 809, "test": 300}
     assert stats["qrels"] == {"train": 919, "test": 339}
     assert (qrels["split"] == "train").sum() == 919 and (qrels["split"] == "test").sum() == 339
-    assert len(queries) == 809 + 300  # no query is in both splits
-    assert list(queries["query_id"]) == sorted(queries["query_id"])
-    assert set(qrels["query_id"]) == set(queries["query_id"])
+    assert list(queries.columns) == ["split", "query_id", "text"]
+    assert list(queries["split"]) == ["train"] * 809 + ["test"] * 300  # splits in the order requested
+    for split in ("train", "test"):
+        ids = list(queries.loc[queries["split"] == split, "query_id"])
+        assert ids == sorted(ids)
+        assert set(ids) == set(qrels.loc[qrels["split"] == split, "query_id"])
     assert qrels["relevance"].dtype == "int32"
     assert all(isinstance(v, str) for v in corpus["doc_id"])
 
@@ -75,7 +78,7 @@ def test_scifact_loads_with_known_counts():
 @needs_data
 def test_scifact_single_split_restricts_queries():
     _, queries, qrels, stats = load_beir(DATA_DIR, "scifact", "test")
-    assert len(queries) == 300 and len(qrels) == 339 and set(qrels["split"]) == {"test"}
+    assert len(queries) == 300 and len(qrels) == 339 and set(qrels["split"]) == set(queries["split"]) == {"test"}
 
 
 @needs_data
@@ -285,9 +288,41 @@ def test_prepare_writes_typed_artifacts(tmp_path):
     queries = io.read_table(paths["out_queries"], "queries")
     qrels = io.read_table(paths["out_qrels"], "qrels")
     assert list(corpus["doc_id"]) == ["d1", "d2", "3"]
-    assert list(queries["query_id"]) == ["q1", "q2"]  # q3 is unjudged; sorted by id
+    assert list(queries.itertuples(index=False, name=None)) == [
+        ("test", "q1", "alpha?"), ("test", "q2", "beta?")]  # q3 is unjudged; sorted by id
     assert list(qrels.itertuples(index=False, name=None)) == [
         ("test", "q2", "d2", 1), ("test", "q1", "d1", 2), ("test", "q1", "3", 0)]
+
+
+def test_prepare_query_in_two_splits_has_a_row_in_each(tmp_path):
+    ds = make_dataset(tmp_path)
+    (ds / "qrels" / "train.tsv").write_text("q3\td1\t1\nq1\td2\t1\n")
+    paths = outputs(tmp_path)
+    stats = prepare(tmp_path, "toy", ["train", "test"], **paths)
+    assert stats["queries"] == {"train": 2, "test": 2} and stats["qrels"] == {"train": 2, "test": 3}
+    queries = io.read_table(paths["out_queries"], "queries")
+    assert list(queries.itertuples(index=False, name=None)) == [
+        ("train", "q1", "alpha?"), ("train", "q3", "unjudged"), ("test", "q1", "alpha?"), ("test", "q2", "beta?")]
+    assert list(io.read_table(paths["out_qrels"], "qrels")["split"]) == ["train"] * 2 + ["test"] * 3
+
+
+def test_splits_formats_and_files_are_checked(tmp_path):
+    make_dataset(tmp_path)
+    paths = outputs(tmp_path)
+    with pytest.raises(ValueError, match="more than once: test"):
+        prepare(tmp_path, "toy", ["test", "test"], **paths)
+    with pytest.raises(ValueError, match="unknown dataset format 'trec'"):
+        prepare(tmp_path, "toy", ["test"], **paths, format="trec")
+    with pytest.raises(ValueError, match="not used with format 'beir'"):
+        prepare(tmp_path, "toy", ["test"], **paths, files={"collection": "collection.tsv"})
+    assert not (tmp_path / "out").exists()
+
+
+def test_input_files_beir(tmp_path):
+    root = tmp_path / "toy"
+    assert input_files(tmp_path, "toy", "beir", None, ["train", "test"]) == [
+        str(root / "corpus.jsonl"), str(root / "queries.jsonl"),
+        str(root / "qrels" / "train.tsv"), str(root / "qrels" / "test.tsv")]
 
 
 def test_prepare_writes_nothing_on_bad_input(tmp_path):

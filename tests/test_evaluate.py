@@ -22,7 +22,8 @@ QRELS = pd.DataFrame({"query_id": ["q1", "q1", "q2"], "doc_id": ["a", "c", "x"],
 def test_metrics_by_hand():
     run = _run([("q1", "a", 1, 3.0), ("q1", "b", 2, 2.0), ("q1", "c", 3, 1.0),
                 ("q2", "y", 1, 5.0), ("q2", "x", 2, 4.0)])
-    table = evaluate.metrics(run, QRELS, ["nDCG@10", "RR@10", "R@2"], system="s", iteration=0)
+    table = evaluate.metrics(run, QRELS, ["nDCG@10", "RR@10", "R@2"], system="s", iteration=0,
+                             eval_set="toy/test")
     got = dict(zip(table["measure"], table["value"]))
     # q1: gains 1 (rank 1) and 3 (=2^2-1, rank 3); ideal: 3 then 1 -- trec_eval uses gain = rel
     dcg1 = 1 / math.log2(2) + 2 / math.log2(4)
@@ -36,7 +37,7 @@ def test_metrics_by_hand():
 
 def test_query_missing_from_run_counts_as_zero():
     run = _run([("q1", "a", 1, 1.0)])
-    table = evaluate.metrics(run, QRELS, ["RR@10"], system="s", iteration=None)
+    table = evaluate.metrics(run, QRELS, ["RR@10"], system="s", iteration=None, eval_set="toy/test")
     assert table["value"].iloc[0] == pytest.approx(0.5)
     assert pd.isna(table["iteration"].iloc[0])
 
@@ -61,15 +62,23 @@ def test_sym_sum_by_hand():
 
 
 def test_summary_rows_and_columns():
+    def frame(system, iteration, eval_set, measures, values):
+        return pd.DataFrame({"system": system, "iteration": pd.array([iteration] * len(measures), dtype="Int32"),
+                             "eval_set": eval_set, "measure": measures, "value": values})
+
     frames = [
-        pd.DataFrame({"system": "pointwise teacher", "iteration": pd.array([None, None], dtype="Int32"),
-                      "measure": ["nDCG@10", "RR@10"], "value": [0.7, 0.6]}),
-        pd.DataFrame({"system": "iteration 1", "iteration": pd.array([1, 1], dtype="Int32"),
-                      "measure": ["nDCG@10", "RR@10"], "value": [0.5, 0.4]}),
-        pd.DataFrame({"system": "iteration 0", "iteration": pd.array([0, 0], dtype="Int32"),
-                      "measure": ["nDCG@10", "RR@10"], "value": [0.3, 0.2]}),
+        frame("pointwise teacher", None, "msmarco/dev", ["RR@10", "R@1000"], [0.7, 0.9]),
+        frame("iteration 1", 1, "msmarco/dev", ["RR@10", "R@1000"], [0.5, 0.8]),
+        frame("iteration 0", 0, "msmarco/dev", ["RR@10", "R@1000"], [0.3, 0.7]),
+        frame("iteration 1", 1, "msmarco/dl19", ["nDCG@10"], [0.6]),
+        frame("iteration 0", 0, "msmarco/dl19", ["nDCG@10"], [0.4]),
     ]
     table = evaluate.summary(frames)
-    assert table["system"].tolist() == ["iteration 0", "iteration 1", "pointwise teacher"]
-    assert list(table.columns) == ["system", "iteration", "nDCG@10", "RR@10"]
-    assert table["nDCG@10"].tolist() == [0.3, 0.5, 0.7]
+    assert list(table.columns) == ["system", "iteration", "eval_set", "RR@10", "R@1000", "nDCG@10"]
+    # evaluation sets in order of appearance; within one, iterations in order, then the teachers
+    assert table[["system", "eval_set"]].values.tolist() == [
+        ["iteration 0", "msmarco/dev"], ["iteration 1", "msmarco/dev"], ["pointwise teacher", "msmarco/dev"],
+        ["iteration 0", "msmarco/dl19"], ["iteration 1", "msmarco/dl19"]]
+    assert table["RR@10"].tolist()[:3] == [0.3, 0.5, 0.7]
+    assert table["nDCG@10"].tolist()[3:] == [0.4, 0.6]
+    assert table["nDCG@10"].iloc[:3].isna().all()  # not measured on dev

@@ -308,3 +308,90 @@ def test_combined_loss_uses_in_batch_scores_for_the_contrastive_term():
     lse1 = math.log(2 * math.exp(0.5) + 2 * math.exp(1.0))
     expected = ((lse0 - 2.0) + (lse1 - 1.0)) / 2
     assert parts["loss_cl"].item() == pytest.approx(expected, rel=1e-6)
+
+
+# --- unlabelled queries (positive_index = -1) ----------------------------------------------------
+
+MIXED_S = [[1.0, 2.0, 0.0], [0.3, -0.7, 1.5], [-1.0, 0.5, 3.0]]
+MIXED_T = [[2.0, 0.0, 1.0], [1.0, 2.0, 0.0], [0.0, 0.0, 4.0]]
+MIXED_POS = [1, -1, 0]                       # row 1 is an unlabelled query
+MIXED_PAIRS = [[0, 0, 1], [1, 0, 2], [1, 2, 1], [2, 1, 0]]
+MIXED_PROBS = [0.7, 0.2, 0.9, 0.4]
+
+
+def test_contrastive_averages_over_labelled_rows_only():
+    loss = ContrastiveLoss()(T(MIXED_S), IDX(MIXED_POS))
+    ce0 = -(2.0 - math.log(math.exp(1.0) + math.exp(2.0) + math.exp(0.0)))
+    ce2 = -(-1.0 - math.log(math.exp(-1.0) + math.exp(0.5) + math.exp(3.0)))
+    assert close(loss, (ce0 + ce2) / 2)  # / 2 labelled rows, not / 3
+
+
+def test_contrastive_with_no_labelled_row_is_zero_and_attached():
+    student = T(MIXED_S, requires_grad=True)
+    loss = ContrastiveLoss()(student, IDX([-1, -1, -1]))
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert (student.grad == 0).all()
+
+
+def test_contrastive_unlabelled_row_gets_no_gradient_and_mask_still_applies():
+    student = T([[1.0, 2.0, 50.0], [4.0, 0.0, 1.0]], requires_grad=True)
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    loss = ContrastiveLoss()(student, IDX([0, -1]), mask)
+    assert close(loss, -math.log(softmax([1.0, 2.0])[0]))
+    loss.backward()
+    assert (student.grad[1] == 0).all() and student.grad[0, 2] == 0 and torch.isfinite(student.grad).all()
+
+
+def test_contrastive_rejects_bad_positive_index():
+    with pytest.raises(ValueError, match="positive_index"):
+        ContrastiveLoss()(T(MIXED_S), IDX([0, -2, 1]))
+    with pytest.raises(ValueError, match="positive_index"):
+        ContrastiveLoss()(T(MIXED_S), IDX([0, 3, 1]))
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_combined_mixes_labelled_and_unlabelled_rows(tau):
+    fn = PairDistillLoss(lambda_kd=0.5, lambda_pair=2.0, temperature=tau)
+    student = T(MIXED_S, requires_grad=True)
+    out = fn(student, T(MIXED_T), IDX(MIXED_PAIRS), T(MIXED_PROBS), positive_index=IDX(MIXED_POS))
+    # by hand: L_CL over the 2 labelled rows; L_KD over all 3 rows; L_pair over all 4 pairs
+    cl = (-math.log(softmax(MIXED_S[0])[1]) - math.log(softmax(MIXED_S[2])[0])) / 2
+    kd = sum(kl(softmax(t, tau), softmax(s, tau)) for s, t in zip(MIXED_S, MIXED_T)) / 3
+    pair = sum(pair_kl(p, MIXED_S[b][i], MIXED_S[b][j], tau)
+               for (b, i, j), p in zip(MIXED_PAIRS, MIXED_PROBS)) / 4
+    assert close(out["loss_cl"], cl) and close(out["loss_kd"], kd) and close(out["loss_pair"], pair)
+    assert close(out["loss"], cl + 0.5 * kd + 2.0 * pair)
+    # the unlabelled row is trained by KD and the pairs only: its gradient is the zero-shot loss's
+    out["loss"].backward()
+    zs_student = T(MIXED_S, requires_grad=True)
+    PairDistillLoss(0.5, 2.0, tau, use_labels=False)(
+        zs_student, T(MIXED_T), IDX(MIXED_PAIRS), T(MIXED_PROBS))["loss"].backward()
+    assert torch.allclose(student.grad[1], zs_student.grad[1], atol=1e-12, rtol=0)
+    assert not torch.allclose(student.grad[0], zs_student.grad[0])
+
+
+def test_combined_all_unlabelled_batch_is_the_zero_shot_loss():
+    args = (T(MIXED_S), T(MIXED_T), IDX(MIXED_PAIRS), T(MIXED_PROBS))
+    out = PairDistillLoss()(*args, positive_index=IDX([-1, -1, -1]))
+    assert float(out["loss_cl"]) == 0.0
+    assert close(out["loss"], PairDistillLoss(use_labels=False)(*args)["loss"])
+
+
+def test_combined_in_batch_negatives_skip_unlabelled_rows():
+    from pairdistill.train import in_batch_positive
+
+    # 3 queries x 2 passages; wide: each query against all 6 passages of the batch
+    student = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.5, -0.5]], dtype=torch.float64)
+    wide = T([[2.0, 0.0, 3.0, 1.0, 0.0, 0.0],
+              [0.5, 4.0, 1.0, 1.0, 2.0, 0.0],
+              [1.0, 1.0, 0.0, 2.0, 0.5, -0.5]])
+    targets = in_batch_positive(IDX([0, -1, 1]), nway=2)
+    assert targets.tolist() == [0, -1, 5]  # not column 1 (query 0's passage) for the unlabelled query
+    parts = PairDistillLoss(lambda_kd=0.0, lambda_pair=0.0)(
+        student, student, torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, dtype=torch.float64),
+        positive_index=targets, contrastive_scores=wide)
+    lse0 = math.log(math.exp(2) + 2 * math.exp(0) + math.exp(3) + math.exp(1) + math.exp(0))
+    lse2 = math.log(2 * math.exp(1) + math.exp(0) + math.exp(2) + math.exp(0.5) + math.exp(-0.5))
+    expected = ((lse0 - 2.0) + (lse2 - (-0.5))) / 2
+    assert close(parts["loss_cl"], expected)

@@ -67,3 +67,35 @@ def test_maxsim_matches_colbert_scoring():
     wide = _maxsim(Q, D, mask)
     assert wide.shape == (B, B * nway)
     assert torch.allclose(wide.view(B, B, nway)[torch.arange(B), torch.arange(B)], expected, atol=1e-5)
+
+
+def test_unlabelled_queries_are_kept_with_the_teachers_list():
+    pw = pd.concat([_pointwise("q1", ["a", "b", "c", "d"]), _pointwise("q2", ["v", "w", "x", "y", "z"])])
+    pairs = _pairwise([("q2", "y", "z", 0.6), ("q1", "b", "d", 0.9)])
+    groups, stats = build_groups(pw, pairs, {"q1": {"a", "c"}}, nway=3, use_labels=True, seed=0,
+                                 unlabelled_queries=True)
+    q1, q2 = groups
+    assert q1.doc_ids == ["a", "b", "d"] and q1.positive_index == 0  # the labelled query as before
+    # the unlabelled one: no positive; the pairs' passages first, then the teacher's best
+    assert q2.query_id == "q2" and q2.positive_index == -1
+    assert q2.doc_ids == ["y", "z", "v"] and q2.teacher_scores == [7.0, 6.0, 10.0]
+    assert q2.pairs == [(0, 1, pytest.approx(0.6))]
+    assert stats["unlabelled_groups"] == 1 and stats["skipped_no_positive"] == 0 and stats["groups"] == 2
+    # default: skipped, as before
+    groups, stats = build_groups(pw, pairs, {"q1": {"a", "c"}}, nway=3, use_labels=True, seed=0)
+    assert [g.query_id for g in groups] == ["q1"] and stats["skipped_no_positive"] == 1
+    assert stats["unlabelled_groups"] == 0
+    # without labels the option changes nothing: every group has positive_index None
+    groups, _ = build_groups(pw, pairs, {"q1": {"a", "c"}}, nway=3, use_labels=False, seed=0,
+                             unlabelled_queries=True)
+    assert [g.positive_index for g in groups] == [None, None]
+
+
+def test_train_refuses_label_mode_groups_without_positive_index(tmp_path):
+    from pairdistill.train import Group, train
+
+    with pytest.raises(ValueError, match="positive_index"):
+        train("unused", tmp_path / "c", tmp_path / "l", corpus_texts={}, query_texts={},
+              groups=[Group("q", ["a"], [1.0], None)], nway=1, batch_size=1, epochs=1, max_steps=None, lr=1e-3,
+              warmup=0.0, weight_decay=0.0, lambda_kd=1.0, lambda_pair=1.0, temperature=1.0, use_labels=True,
+              in_batch_negatives=False, query_maxlen=8, doc_maxlen=8, seed=0)

@@ -44,6 +44,12 @@ def _teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, required=True)
 
 
+def _scoring_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", nargs="*", default=(),
+                   help="earlier iterations' files of this shard: scores of the same teacher are reused")
+    p.add_argument("--part-rows", type=int, default=4096, help="rows per resumable part")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pairdistill", description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -54,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True)
     p.add_argument("--splits", nargs="+", required=True)
     p.add_argument("--out-dir", required=True)
+    p.add_argument("--format", choices=("beir", "msmarco"), default="beir")
+    p.add_argument("--files", type=json.loads, default=None,
+                   help='msmarco: JSON {"collection": ..., "queries": {split: ...}, "qrels": {split: ...}}')
 
     p = sub.add_parser("init-checkpoint", help="iteration-0 ColBERT checkpoint")
     p.add_argument("--base", required=True)
@@ -79,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--max-queries", type=_opt_int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard", default=None, help="e.g. 003-of-008: only the queries of that shard")
     _search_args(p)
 
     p = sub.add_parser("fit-teacher", help="fit the embedded default's pointwise or pairwise teacher")
@@ -101,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add-positives", type=_bool, default=True,
                    help="also score the labelled positives the retriever missed")
     _teacher_args(p)
+    _scoring_args(p)
 
     p = sub.add_parser("sample-pairs", help="pairs with |i-j| < delta on the pointwise-reranked list")
     p.add_argument("--pointwise", required=True)
@@ -114,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(name, required=True)
     p.add_argument("--both-orders", type=_bool, default=True)
     _teacher_args(p)
+    _scoring_args(p)
+
+    p = sub.add_parser("gather", help="one Parquet file from a stage's shard files")
+    p.add_argument("--shards", nargs="+", required=True)
+    p.add_argument("--schema", required=True, choices=("run", "pointwise", "pairs", "pairwise"))
+    p.add_argument("--out", required=True)
 
     p = sub.add_parser("train", help="checkpoint n -> n+1 with L_CL + lambda_KD L_KD + lambda_pair L_pair")
     for name in ("--checkpoint", "--corpus", "--queries", "--qrels", "--pointwise", "--pairwise", "--out",
@@ -131,9 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--use-labels", type=_bool, default=True)
     p.add_argument("--in-batch-negatives", type=_bool, default=False)
+    p.add_argument("--unlabelled-queries", type=_bool, default=False,
+                   help="with --use-labels: also train on queries without a labelled positive "
+                        "(KD and pairwise terms only)")
     p.add_argument("--query-maxlen", type=int, required=True)
     p.add_argument("--doc-maxlen", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--state-dir", default=None,
+                   help="keep a resumable training state here (outside the outputs); default: none")
+    p.add_argument("--save-every", type=int, default=50, help="optimizer steps between two states")
 
     p = sub.add_parser("evaluate", help="search a split's queries; run + metrics + TREC file")
     for name in ("--checkpoint", "--index", "--queries", "--qrels", "--out-dir", "--split"):
@@ -141,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--measures", nargs="+", required=True)
     p.add_argument("--iteration", type=int, required=True)
+    p.add_argument("--eval-set", required=True, help="name of the evaluation set in the metrics, e.g. msmarco/dev")
     _search_args(p)
 
     for kind in ("pointwise", "pairwise"):
@@ -149,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(name, required=True)
         p.add_argument("--depth", type=int, required=True)
         p.add_argument("--measures", nargs="+", required=True)
+        p.add_argument("--eval-set", required=True)
         _teacher_args(p)
 
     p = sub.add_parser("benchmarks", help="per-stage wall time and peak memory from benchmark files")
@@ -158,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--out-tsv", default=None)
+    p.add_argument("--teacher-scores", nargs="*", default=(),
+                   help="gathered pointwise/pairwise files whose cache hit rates to report")
+    p.add_argument("--cache-out", default=None)
     return ap
 
 
@@ -166,7 +194,7 @@ def run(a: argparse.Namespace):
 
     s = a.stage
     if s == "prepare":
-        return stages.prepare(a.data_dir, a.dataset, a.splits, a.out_dir)
+        return stages.prepare(a.data_dir, a.dataset, a.splits, a.out_dir, format=a.format, files=a.files)
     if s == "init-checkpoint":
         return stages.init_checkpoint(a.base, a.out, dim=a.dim, query_maxlen=a.query_maxlen,
                                       doc_maxlen=a.doc_maxlen, seed=a.seed)
@@ -176,7 +204,7 @@ def run(a: argparse.Namespace):
                             seed=a.seed)
     if s == "retrieve":
         return stages.retrieve(a.checkpoint, a.index, a.queries, a.qrels, a.out, split=a.split, k=a.k,
-                               max_queries=a.max_queries, seed=a.seed, search=_search(a))
+                               max_queries=a.max_queries, seed=a.seed, search=_search(a), shard=a.shard)
     if s == "fit-teacher":
         return stages.fit_teacher(a.kind, a.negatives, a.corpus, a.queries, a.qrels, a.out, a.loss_out,
                                   split=a.split, negatives_per_query=a.negatives_per_query, init=a.init,
@@ -185,29 +213,36 @@ def run(a: argparse.Namespace):
     if s == "pointwise":
         return stages.pointwise(a.topk, a.corpus, a.queries, a.qrels, a.out, split=a.split, model=a.model,
                                 family=a.family, max_length=a.max_length, batch_size=a.batch_size,
-                                add_positives=a.add_positives)
+                                add_positives=a.add_positives, cache=a.cache, part_rows=a.part_rows)
     if s == "sample-pairs":
         return stages.sample_pairs(a.pointwise, a.out, delta=a.delta, pairs_per_query=a.pairs_per_query,
                                    seed=a.seed)
     if s == "pairwise":
         return stages.pairwise(a.pairs, a.corpus, a.queries, a.out, model=a.model, family=a.family,
-                               max_length=a.max_length, batch_size=a.batch_size, both_orders=a.both_orders)
+                               max_length=a.max_length, batch_size=a.batch_size, both_orders=a.both_orders,
+                               cache=a.cache, part_rows=a.part_rows)
+    if s == "gather":
+        return stages.gather(a.shards, a.schema, a.out)
     if s == "train":
         return stages.train(a.checkpoint, a.corpus, a.queries, a.qrels, a.pointwise, a.pairwise, a.out,
                             a.loss_out, split=a.split, nway=a.nway, use_labels=a.use_labels, seed=a.seed,
                             query_maxlen=a.query_maxlen, doc_maxlen=a.doc_maxlen, batch_size=a.batch_size,
                             epochs=a.epochs, max_steps=a.max_steps, lr=a.lr, warmup=a.warmup,
                             weight_decay=a.weight_decay, lambda_kd=a.lambda_kd, lambda_pair=a.lambda_pair,
-                            temperature=a.temperature, in_batch_negatives=a.in_batch_negatives)
+                            temperature=a.temperature, in_batch_negatives=a.in_batch_negatives,
+                            unlabelled_queries=a.unlabelled_queries, state_dir=a.state_dir,
+                            save_every=a.save_every)
     if s == "evaluate":
         return stages.evaluate_retriever(a.checkpoint, a.index, a.queries, a.qrels, a.out_dir, split=a.split,
-                                         k=a.k, measures=a.measures, iteration=a.iteration, search=_search(a))
+                                         k=a.k, measures=a.measures, iteration=a.iteration, search=_search(a),
+                                         eval_set=a.eval_set)
     if s in ("rerank-pointwise", "rerank-pairwise"):
         fn = stages.rerank_pointwise if s == "rerank-pointwise" else stages.rerank_pairwise
         return fn(a.run, a.corpus, a.queries, a.qrels, a.out_dir, split=a.split, depth=a.depth,
                   measures=a.measures, model=a.model, family=a.family, max_length=a.max_length,
-                  batch_size=a.batch_size)
+                  batch_size=a.batch_size, eval_set=a.eval_set)
     if s == "summary":
+        stages.teacher_cache_report(a.teacher_scores, a.cache_out)
         return stages.summarize(a.metrics, a.out, a.out_tsv)
     if s == "benchmarks":
         from .benchmarks import report
@@ -216,9 +251,17 @@ def run(a: argparse.Namespace):
     raise AssertionError(s)
 
 
+# Stages that put a model on the GPU when there is one. They claim their GPU before anything
+# else touches CUDA (colbert-ai would otherwise run on the first visible one).
+GPU_STAGES = {"init-checkpoint", "index", "retrieve", "fit-teacher", "pointwise", "pairwise", "train",
+              "evaluate", "rerank-pointwise", "rerank-pairwise"}
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     runtime.set_threads(a.threads)
+    if a.stage in GPU_STAGES:
+        runtime.device()
     print(f"pairdistill {a.stage}: {json.dumps(vars(a), default=str)}", flush=True)
     start = time.monotonic()
     try:

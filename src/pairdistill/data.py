@@ -1,5 +1,8 @@
 """Load and validate BEIR-layout collections (corpus, queries, qrels) and write them as artifacts.
 
+:func:`prepare` is the single entry point for every input format; MS MARCO's passage-ranking TSV
+files are read by :mod:`pairdistill.msmarco`, which builds on the line reader and checks here.
+
 Every check raises :class:`~pairdistill.errors.InputError` naming the file, the 1-based line and the
 problem, and all inputs are validated before anything is returned or written, so a bad collection
 stops the pipeline at ``prepare`` instead of surfacing later as a silently wrong score.
@@ -221,7 +224,16 @@ def _split_list(splits: str | Iterable[str]) -> list[str]:
     result = [splits] if isinstance(splits, str) else list(splits)
     if not result:
         raise ValueError("no splits requested")
+    # a split listed twice would write its queries and qrels twice
+    repeated = sorted({s for s in result if result.count(s) > 1})
+    if repeated:
+        raise ValueError(f"split(s) requested more than once: {', '.join(repeated)}")
     return result
+
+
+def _beir_paths(data_dir: Path, dataset: str, splits: list[str]) -> tuple[Path, Path, dict[str, Path]]:
+    root = data_dir / dataset
+    return root / "corpus.jsonl", root / "queries.jsonl", {s: root / "qrels" / f"{s}.tsv" for s in splits}
 
 
 def load_beir(
@@ -229,8 +241,9 @@ def load_beir(
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Load and cross-check ``data_dir/dataset`` for ``splits``.
 
-    Returns (corpus, queries, qrels, stats): queries are only those judged in the requested
-    splits, sorted by query_id; qrels are all splits concatenated in the order requested.
+    Returns (corpus, queries, qrels, stats). A split's queries are those judged in its qrels file
+    (BEIR keeps one queries file for all splits): one row per (split, query), splits in the order
+    requested, then by query_id; qrels are all splits concatenated in the order requested.
     Judgements of documents skipped as empty are dropped with a warning and counted in
     ``stats["qrels_dropped_empty"]`` (Cranfield judges its empty document 995).
     """
@@ -240,10 +253,9 @@ def load_beir(
         raise InputError(data_dir, f"data directory {str(data_dir)!r} does not exist; {DATA_DIR_HINT}")
     root = data_dir / dataset
     _require(root, f"dataset folder {dataset!r}", is_dir=True)
-    corpus_path, queries_path = root / "corpus.jsonl", root / "queries.jsonl"
+    corpus_path, queries_path, qrels_paths = _beir_paths(data_dir, dataset, splits)
     _require(corpus_path, "corpus file")
     _require(queries_path, "queries file")
-    qrels_paths = {split: root / "qrels" / f"{split}.tsv" for split in splits}
     for split, path in qrels_paths.items():
         if not path.is_file():
             available = sorted(p.stem for p in (root / "qrels").glob("*.tsv"))
@@ -268,17 +280,50 @@ def load_beir(
         qrels_by_split[split] = split_qrels
     qrels = pd.concat(list(qrels_by_split.values()), ignore_index=True)
 
-    judged = set(qrels["query_id"])
-    queries = (queries[queries["query_id"].isin(judged)]
-               .sort_values("query_id", kind="stable").reset_index(drop=True))
+    queries = pd.concat([
+        queries[queries["query_id"].isin(set(split_qrels["query_id"]))]
+        .sort_values("query_id", kind="stable")
+        .assign(split=split)[["split", "query_id", "text"]]
+        for split, split_qrels in qrels_by_split.items()
+    ], ignore_index=True)
+    judged = {s: int(q["query_id"].nunique()) for s, q in qrels_by_split.items()}
     stats = {
         "documents": len(corpus),
         "skipped_empty": len(skipped),
-        "queries": {s: int(q["query_id"].nunique()) for s, q in qrels_by_split.items()},
+        "queries": judged,
+        "labelled": dict(judged),  # every BEIR split query is labelled: that is how its split is known
         "qrels": {s: len(q) for s, q in qrels_by_split.items()},
         "qrels_dropped_empty": dropped,
     }
     return corpus, queries, qrels, stats
+
+
+FORMATS = ("beir", "msmarco")
+
+
+def _check_format(format: str, files: dict | None) -> None:
+    if format not in FORMATS:
+        raise ValueError(f"unknown dataset format {format!r} (expected one of: {', '.join(FORMATS)})")
+    if format == "beir" and files:
+        raise ValueError("`files` names MS MARCO input files; it is not used with format 'beir'")
+
+
+def input_files(
+    data_dir: str | Path, dataset: str, format: str, files: dict | None, splits: str | Iterable[str]
+) -> list[str]:
+    """The files :func:`prepare` reads for this configuration, so a Snakemake rule can declare them.
+
+    Existence is not checked: a missing file is reported by :func:`prepare` with its context.
+    """
+    _check_format(format, files)
+    splits = _split_list(splits)
+    if format == "msmarco":
+        from pairdistill import msmarco  # imported here: msmarco builds on this module
+
+        collection, queries, qrels = msmarco.resolve_files(Path(data_dir), dataset, files, splits)
+        return [str(p) for p in (collection, *queries.values(), *qrels.values())]
+    corpus, queries, qrels = _beir_paths(Path(data_dir), dataset, splits)
+    return [str(p) for p in (corpus, queries, *qrels.values())]
 
 
 def prepare(
@@ -288,8 +333,24 @@ def prepare(
     out_corpus: str | Path,
     out_queries: str | Path,
     out_qrels: str | Path,
+    *,
+    format: str = "beir",
+    files: dict | None = None,
+    batch_rows: int = 100_000,
 ) -> dict:
-    """Validate the collection, then write the corpus, queries and qrels artifacts; returns stats."""
+    """Validate the collection, then write the corpus, queries and qrels artifacts; returns stats.
+
+    ``format`` "beir" reads ``data_dir/dataset`` in BEIR layout (small enough to load whole);
+    "msmarco" reads the passage-ranking TSV files named in ``files`` and streams the collection
+    to the corpus artifact in row groups of ``batch_rows`` (see :func:`pairdistill.msmarco.prepare`).
+    Stats: documents, skipped_empty, and per split queries, labelled, qrels, qrels_dropped_empty.
+    """
+    _check_format(format, files)
+    if format == "msmarco":
+        from pairdistill import msmarco  # imported here: msmarco builds on this module
+
+        return msmarco.prepare(data_dir, dataset, splits, out_corpus, out_queries, out_qrels,
+                               files=files, batch_rows=batch_rows)
     corpus, queries, qrels, stats = load_beir(data_dir, dataset, splits)
     # cast all three before writing any, so a schema mismatch cannot leave a partial set behind
     for frame, name in ((corpus, "corpus"), (queries, "queries"), (qrels, "qrels")):

@@ -12,7 +12,7 @@ from . import io
 
 
 def metrics(run: pd.DataFrame, qrels: pd.DataFrame, measures: Sequence[str], *, system: str,
-            iteration: int | None) -> pd.DataFrame:
+            iteration: int | None, eval_set: str) -> pd.DataFrame:
     """Mean of each measure over the judged queries (a query the run misses counts as 0)."""
     import ir_measures
 
@@ -25,7 +25,8 @@ def metrics(run: pd.DataFrame, qrels: pd.DataFrame, measures: Sequence[str], *, 
         per_query[row.measure][row.query_id] = row.value
     judged = sorted(qrels_in["query_id"].unique())
     values = [float(np.mean([per_query[m].get(q, 0.0) for q in judged])) for m in parsed]
-    return io.to_table(pd.DataFrame({"system": system, "iteration": iteration, "measure": list(measures),
+    return io.to_table(pd.DataFrame({"system": system, "iteration": iteration, "eval_set": eval_set,
+                                     "measure": list(measures),
                                      "value": values}).astype({"iteration": "Int32"}), "metrics").to_pandas()
 
 
@@ -69,12 +70,16 @@ def sym_sum(pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary(metric_frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """One row per system (iterations first, in order), one column per measure."""
+    """One row per (system, evaluation set), iterations first in order, one column per measure
+    (empty where a measure was not computed for that set)."""
     long = pd.concat(metric_frames, ignore_index=True)
     measures = list(dict.fromkeys(long["measure"]))
-    table = long.pivot(index="system", columns="measure", values="value")[measures]
+    table = long.pivot(index=["system", "eval_set"], columns="measure", values="value")[measures]
     table.columns.name = None
-    table.insert(0, "iteration", long.groupby("system")["iteration"].first())
+    table.insert(0, "iteration", long.groupby(["system", "eval_set"])["iteration"].first())
     table = table.reset_index()
+    sets = list(dict.fromkeys(long["eval_set"]))
     table["_order"] = table["iteration"].astype("Float64").fillna(float(10**6))
-    return table.sort_values(["_order", "system"]).drop(columns="_order").reset_index(drop=True)
+    table["_set"] = table["eval_set"].map(sets.index)
+    table = table.sort_values(["_set", "_order", "system"]).drop(columns=["_order", "_set"])
+    return table[["system", "iteration", "eval_set", *measures]].reset_index(drop=True)

@@ -18,7 +18,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-S, I32, I64, F32, F64 = pa.string(), pa.int32(), pa.int64(), pa.float32(), pa.float64()
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+S, I32, I64, F32, F64, B = pa.string(), pa.int32(), pa.int64(), pa.float32(), pa.float64(), pa.bool_()
 
 
 def _schema(*fields: tuple[str, pa.DataType], nullable: tuple[str, ...] = ()) -> pa.Schema:
@@ -28,15 +36,17 @@ def _schema(*fields: tuple[str, pa.DataType], nullable: tuple[str, ...] = ()) ->
 SCHEMAS: dict[str, pa.Schema] = {
     # prepare
     "corpus": _schema(("doc_id", S), ("title", S), ("text", S)),
-    "queries": _schema(("query_id", S), ("text", S)),
+    # one row per (split, query): the split's query set, labelled or not (qrels say which are)
+    "queries": _schema(("split", S), ("query_id", S), ("text", S)),
     "qrels": _schema(("split", S), ("query_id", S), ("doc_id", S), ("relevance", I32)),
     # retrieve / evaluate: one row per (query, retrieved passage)
     "run": _schema(("query_id", S), ("doc_id", S), ("rank", I32), ("score", F32)),
     # pointwise: the retrieved list re-scored by the pointwise teacher; retriever columns are null
-    # for labelled positives the retriever missed (added so every training group has one)
+    # for labelled positives the retriever missed (added so every training group has one);
+    # cached: the score was reused from an earlier iteration's file of the same teacher
     "pointwise": _schema(
         ("query_id", S), ("doc_id", S), ("retriever_rank", I32), ("retriever_score", F32),
-        ("teacher_score", F32), ("teacher_rank", I32),
+        ("teacher_score", F32), ("teacher_rank", I32), ("cached", B),
         nullable=("retriever_rank", "retriever_score"),
     ),
     # pairs: sampled on the pointwise-reranked list (ranks are teacher ranks, 1-based)
@@ -47,7 +57,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     # pairwise: P(doc_a > doc_b | query); p_ba is P(doc_b > doc_a) when both orders were scored
     "pairwise": _schema(
         ("query_id", S), ("doc_a", S), ("doc_b", S), ("rank_a", I32), ("rank_b", I32),
-        ("p_ab", F32), ("p_ba", F32), ("prob", F32),
+        ("p_ab", F32), ("p_ba", F32), ("prob", F32), ("cached", B),
         nullable=("p_ba",),
     ),
     # train: one row per optimizer step
@@ -57,8 +67,9 @@ SCHEMAS: dict[str, pa.Schema] = {
     ),
     # teacher fitting (embedded default): one row per optimizer step
     "teacher_loss": _schema(("step", I64), ("loss", F32), ("lr", F64), ("elapsed_s", F64)),
-    # evaluate: long format, one row per measure
-    "metrics": _schema(("system", S), ("iteration", I32), ("measure", S), ("value", F64),
+    # evaluate: long format, one row per measure; eval_set names the collection and split
+    # ("scifact/test", "msmarco/dl19", "beir/cranfield/test")
+    "metrics": _schema(("system", S), ("iteration", I32), ("eval_set", S), ("measure", S), ("value", F64),
                        nullable=("iteration",)),
 }
 
@@ -93,6 +104,9 @@ def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp = Path(name)
+    # mkstemp/mkdtemp create owner-only entries; give the result the permissions of a plain
+    # open()/mkdir() under the user's umask, so collaborators on a shared cluster can read it
+    os.chmod(tmp, (0o777 if is_dir else 0o666) & ~_UMASK)
     try:
         yield tmp
         if is_dir and path.exists():
@@ -106,19 +120,70 @@ def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
         raise
 
 
-def write_table(df: pd.DataFrame, name: str, path: str | Path) -> pa.Table:
-    """Write ``df`` as the artifact ``name`` to ``path`` atomically; returns the typed table."""
+def _with_metadata(schema: pa.Schema, metadata: dict[str, str] | None) -> pa.Schema:
+    if not metadata:
+        return schema
+    return schema.with_metadata({**(schema.metadata or {}), **{f"pairdistill.{k}": v for k, v in metadata.items()}})
+
+
+def write_table(df: pd.DataFrame, name: str, path: str | Path, metadata: dict[str, str] | None = None) -> pa.Table:
+    """Write ``df`` as the artifact ``name`` to ``path`` atomically; returns the typed table.
+
+    ``metadata`` is stored in the file's key-value metadata as ``pairdistill.<key>`` (e.g. which
+    teacher produced the scores), readable with :func:`read_metadata`."""
     table = to_table(df, name)
+    table = table.replace_schema_metadata(_with_metadata(table.schema, metadata).metadata)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return table
 
 
-def read_table(path: str | Path, name: str | None = None) -> pd.DataFrame:
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The ``pairdistill.*`` key-value metadata of an artifact (prefix removed)."""
+    meta = pq.read_schema(path).metadata or {}
+    prefix = b"pairdistill."
+    return {k[len(prefix):].decode(): v.decode() for k, v in meta.items() if k.startswith(prefix)}
+
+
+def _check_schema(path, schema: pa.Schema, name: str) -> None:
+    expected = SCHEMAS[name]
+    if not schema.remove_metadata().equals(expected):
+        raise ValueError(f"{path}: schema does not match {name!r}:\n{schema}\nexpected\n{expected}")
+
+
+def read_table(path: str | Path, name: str | None = None, columns: list[str] | None = None) -> pd.DataFrame:
     """Read an artifact; with ``name``, check it carries that schema (a stale or foreign file fails)."""
-    table = pq.read_table(path)
     if name is not None:
-        expected = SCHEMAS[name]
-        if not table.schema.remove_metadata().equals(expected):
-            raise ValueError(f"{path}: schema does not match {name!r}:\n{table.schema}\nexpected\n{expected}")
-    return table.to_pandas()
+        _check_schema(path, pq.read_schema(path), name)
+    return pq.read_table(path, columns=columns).to_pandas()
+
+
+def read_rows(path: str | Path, name: str, column: str, values, columns: list[str] | None = None) -> pd.DataFrame:
+    """The rows of an artifact whose ``column`` is in ``values``, scanned one row group at a time.
+
+    A shard job reads the passages and queries it needs this way: its memory follows the shard,
+    not the size of the collection or of the whole query set."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    _check_schema(path, pq.read_schema(path), name)
+    wanted = pa.array(sorted(set(values)), type=SCHEMAS[name].field(column).type)
+    dataset = ds.dataset(str(path), format="parquet")
+    return dataset.to_table(columns=columns, filter=pc.field(column).isin(wanted)).to_pandas()
+
+
+def concat_files(paths: list[str | Path], name: str, out: str | Path, metadata: dict[str, str] | None = None) -> int:
+    """Concatenate artifacts of schema ``name`` into ``out`` one file at a time (no file is held
+    with another in memory); returns the number of rows. Written atomically."""
+    rows = 0
+    schema = _with_metadata(SCHEMAS[name], metadata)
+    with atomic_path(out) as tmp:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for path in paths:
+                _check_schema(path, pq.read_schema(path), name)
+                part = pq.ParquetFile(path)
+                for i in range(part.num_row_groups):
+                    group = part.read_row_group(i)
+                    writer.write_table(group.replace_schema_metadata(schema.metadata))
+                    rows += group.num_rows
+    return rows

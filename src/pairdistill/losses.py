@@ -4,7 +4,7 @@ Each loss is a small ``torch.nn.Module`` taking student scores of shape ``(batch
 ``b`` holds the query's scores for its ``nway`` passages (the caller may widen the matrix with
 in-batch negatives for the contrastive term).
 
-* :class:`ContrastiveLoss`  L_CL   = CE(scores, positive_index)
+* :class:`ContrastiveLoss`  L_CL   = CE(scores, positive_index), mean over labelled rows (index >= 0)
 * :class:`ListwiseKDLoss`   L_KD   = KL(P_teacher || P_student), P = softmax(s / tau)
 * :class:`PairwiseKLLoss`   L_pair = KL([p, 1-p] || [q, 1-q]),  q = sigmoid((s_i - s_j) / tau)
 * :class:`PairDistillLoss`  L = L_CL + lambda_kd L_KD + lambda_pair L_pair
@@ -32,14 +32,21 @@ def _apply_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
 
 
 class ContrastiveLoss(nn.Module):
-    """Supervised contrastive loss: cross-entropy over each query's passages.
+    """Supervised contrastive loss: cross-entropy over each query's passages, averaged over the
+    labelled rows only.
 
-        L_CL = -1/B * sum_b log softmax(s_b)[pos_b]
+        L_CL = -1/|L| * sum_{b in L} log softmax(s_b)[pos_b],   L = {b : pos_b >= 0}
+        L_CL = 0  when L is empty (still attached to ``scores``' graph, with zero gradient)
+
+    A row with ``pos_b = -1`` is an unlabelled query: it adds nothing to the sum and does not
+    count in |L|. With every row labelled this is the plain mean cross-entropy.
 
     Args (forward):
-        scores: (batch, nway) student scores.
-        positive_index: (batch,) long, column of the labelled positive; default all zeros.
-        mask: optional (batch, nway) bool, False for padded slots (excluded from the softmax).
+        scores: (batch, W) student scores (W = nway, or every passage of the batch for in-batch
+            negatives).
+        positive_index: (batch,) long, column of the labelled positive, or -1 for an unlabelled
+            row; default all zeros.
+        mask: optional (batch, W) bool, False for padded slots (excluded from the softmax).
     Returns: scalar tensor.
     """
 
@@ -47,7 +54,19 @@ class ContrastiveLoss(nn.Module):
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         if positive_index is None:
             positive_index = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
-        return F.cross_entropy(_apply_mask(scores, mask), positive_index.long())
+        positive_index = positive_index.long()
+        if positive_index.shape != (scores.shape[0],):
+            raise ValueError(f"positive_index must have shape ({scores.shape[0]},), "
+                             f"got {tuple(positive_index.shape)}")
+        if (positive_index >= scores.shape[1]).any() or (positive_index < -1).any():
+            raise ValueError(f"positive_index must be -1 (unlabelled) or a column in [0, {scores.shape[1]})")
+        scores = _apply_mask(scores, mask)
+        labelled = positive_index >= 0
+        if bool(labelled.all()):
+            return F.cross_entropy(scores, positive_index)
+        if not bool(labelled.any()):
+            return scores.sum() * 0.0
+        return F.cross_entropy(scores[labelled], positive_index[labelled])
 
 
 class ListwiseKDLoss(nn.Module):
@@ -134,15 +153,24 @@ class PairDistillLoss(nn.Module):
         L    = L_CL + lambda_kd * L_KD + lambda_pair * L_pair     (with labels)
         L_ZS =        lambda_kd * L_KD + lambda_pair * L_pair     (use_labels=False or no labels)
 
+    L_KD is the mean over all B rows of the batch and L_pair the mean over all P pairs; L_CL is
+    the mean over the labelled rows only (``positive_index >= 0``), and 0 when the batch has none:
+
+        L_CL = -1/|L| * sum_{b in L} log softmax(c_b)[pos_b],   L = {b : pos_b >= 0}
+
+    with c = ``contrastive_scores`` when given, else ``student``. So a batch mixing labelled and
+    unlabelled queries (``positive_index = -1``) distils every query and contrasts the labelled ones.
+
     Args (forward):
         student: (batch, nway) student scores.
         teacher_pointwise: (batch, nway) pointwise teacher scores (for L_KD).
         pair_index: (P, 3) long (row, i, j); teacher_prob: (P,) pairwise teacher probabilities.
-        positive_index: optional (batch,) long, column of the labelled positive (for L_CL).
+        positive_index: optional (batch,) long, column of the labelled positive (for L_CL), -1 for
+            an unlabelled row.
         mask: optional (batch, nway) bool, False for padded slots (used by L_CL and L_KD).
         contrastive_scores: optional (batch, W) scores for L_CL instead of ``student``, e.g. each
             query against every passage of the batch (in-batch negatives), with
-            ``positive_index`` then indexing its W columns.
+            ``positive_index`` then indexing its W columns (-1 still meaning unlabelled).
     Returns: dict of scalar tensors "loss", "loss_cl" (0 when unused), "loss_kd", "loss_pair".
     """
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import random
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +32,141 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# --------------------------------------------------------------------------------------------
+# Which GPU: Snakemake's local executor caps concurrent jobs by the ``gpu`` resource but does
+# not say which GPU a job gets, so on a multi-GPU machine each process claims one itself.
+# --------------------------------------------------------------------------------------------
+
+# Literal /tmp, not tempfile.gettempdir(): TMPDIR may differ from job to job (a scheduler's or a
+# profile's per-job setting), and every job on the node must look at the same lock files.
+GPU_LOCK_DIR_DEFAULT = "/tmp"
+GPU_LOCK_DIR_ENV = "PAIRDISTILL_GPU_LOCK_DIR"
+GPU_WAIT_ENV = "PAIRDISTILL_GPU_WAIT_S"  # seconds to wait for a free GPU; unset: wait for ever
+GPU_POLL_S = 5.0
+
+_HELD_LOCKS: dict[str, int] = {}  # lock path -> open fd; held (never closed) for the process' life
+_CLAIMED: torch.device | None = None
+
+
+def gpu_lock_path(lock_dir: str | Path, index: int) -> Path:
+    return Path(lock_dir) / f"pairdistill-gpu-{index}.lock"
+
+
+def _open_lock(path: Path) -> int:
+    """An fd on ``path`` for flock. Read-only is enough for flock, so another user's lock file
+    works; an existing file is opened without O_CREAT, which a sticky /tmp may refuse
+    (fs.protected_regular) for a file someone else owns."""
+    for _ in range(10):
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            pass
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:  # created by another process in between: open the existing file
+            continue
+    raise OSError(f"cannot open GPU lock file {path}")
+
+
+def _try_lock(path: Path) -> int | None:
+    """The fd holding an exclusive lock on ``path``, or None when another process holds it."""
+    fd = _open_lock(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fd
+
+
+def claim_gpu(n_gpus: int, lock_dir: str | Path = GPU_LOCK_DIR_DEFAULT, poll_s: float = GPU_POLL_S,
+              timeout_s: float | None = None) -> int:
+    """Claim one of GPUs ``0 .. n_gpus-1`` for this process and return its index.
+
+    The claim is an exclusive, non-blocking ``flock`` on ``<lock_dir>/pairdistill-gpu-<i>.lock``,
+    kept until the process ends; the kernel drops it however the process ends (``kill -9``
+    included), so a dead job never holds a GPU. When every GPU is claimed, poll every ``poll_s``
+    seconds; after ``timeout_s`` (None: never) raise TimeoutError. Calling it again in a process
+    that already holds a lock in ``lock_dir`` returns that index.
+    """
+    if n_gpus < 1:
+        raise ValueError(f"n_gpus must be at least 1, got {n_gpus}")
+    Path(lock_dir).mkdir(parents=True, exist_ok=True)
+    paths = [gpu_lock_path(lock_dir, i) for i in range(n_gpus)]
+    for i, path in enumerate(paths):
+        if str(path) in _HELD_LOCKS:
+            return i
+    start = time.monotonic()
+    said_waiting = False
+    while True:
+        for i, path in enumerate(paths):
+            fd = _try_lock(path)
+            if fd is not None:
+                _HELD_LOCKS[str(path)] = fd
+                return i
+        waited = time.monotonic() - start
+        if timeout_s is not None and waited >= timeout_s:
+            raise TimeoutError(
+                f"no free GPU after waiting {waited:.0f}s: all {n_gpus} are claimed by other "
+                f"processes (lock files {paths[0].parent}/pairdistill-gpu-*.lock; "
+                f"`fuser -v {paths[0].parent}/pairdistill-gpu-*.lock` names them)")
+        if not said_waiting:
+            print(f"all {n_gpus} GPUs are claimed by other jobs; waiting for one to free up "
+                  f"(locks in {paths[0].parent})", file=sys.stderr, flush=True)
+            said_waiting = True
+        time.sleep(poll_s if timeout_s is None else max(0.0, min(poll_s, timeout_s - waited)))
+
+
+def _release_gpu_claims() -> None:
+    """Drop every claim this process holds (for tests; a stage keeps its claim until exit)."""
+    global _CLAIMED
+    for fd in _HELD_LOCKS.values():
+        os.close(fd)
+    _HELD_LOCKS.clear()
+    _CLAIMED = None
+
+
+def _claim_cuda_device(n: int) -> torch.device:
+    """Claim a free one of ``n`` GPUs and make it this process' only visible one (so colbert-ai,
+    Accelerate and plain ``.cuda()`` calls all land on it as cuda:0)."""
+    global _CLAIMED
+    lock_dir = os.environ.get(GPU_LOCK_DIR_ENV) or GPU_LOCK_DIR_DEFAULT
+    wait = os.environ.get(GPU_WAIT_ENV)
+    index = claim_gpu(n, lock_dir, timeout_s=float(wait) if wait else None)
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+    torch.cuda.init()  # CUDA reads CUDA_VISIBLE_DEVICES now; later changes (colbert-ai's) are moot
+    if torch.cuda.device_count() == 1:  # after init: CUDA's own count
+        _CLAIMED = torch.device("cuda", 0)
+    else:
+        # CUDA had been initialised before this call, so the variable came too late: address the
+        # claimed GPU by its index and make it the current device instead.
+        del os.environ["CUDA_VISIBLE_DEVICES"]
+        torch.cuda.set_device(index)
+        _CLAIMED = torch.device("cuda", index)
+    print(f"using GPU {index} of {n} (lock {gpu_lock_path(lock_dir, index)})", flush=True)
+    return _CLAIMED
+
+
 def device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """The torch device for ``name``; ``auto`` is the GPU when there is one, else the CPU.
+
+    With several GPUs visible and no CUDA_VISIBLE_DEVICES (a scheduler such as SLURM sets it;
+    then cuda:0 is ours) the process claims a free GPU (see :func:`claim_gpu`), waiting while
+    all are taken, and keeps it until it exits. Call it before any other CUDA use in a stage
+    (colbert-ai's included): only then can the claimed GPU be made the process' only visible one,
+    which colbert-ai needs, as it otherwise runs on the first visible GPU whatever it is given.
+    """
+    if name != "auto":
+        return torch.device(name)
+    if _CLAIMED is not None:
+        return _CLAIMED
+    if "CUDA_VISIBLE_DEVICES" not in os.environ:
+        n = torch.cuda.device_count()  # before CUDA starts, from NVML: does not start it
+        if n > 1:
+            return _claim_cuda_device(n)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def resolve_model(spec: str) -> str:

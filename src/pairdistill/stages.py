@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from . import data, evaluate, io, pairs, runtime
+from . import data, evaluate, io, pairs, runtime, shards
 
 
 def _log(msg: str) -> None:
@@ -24,14 +24,34 @@ def _texts(corpus: pd.DataFrame) -> dict[str, str]:
     return {d: data.passage_text(t, x) for d, t, x in corpus[["doc_id", "title", "text"]].itertuples(index=False)}
 
 
-def _split_queries(queries_path: str, qrels_path: str, split: str) -> tuple[dict[str, str], pd.DataFrame]:
-    queries = io.read_table(queries_path, "queries")
-    qrels = io.read_table(qrels_path, "qrels")
+def _split_queries(queries_path: str, qrels_path: str, split: str, *, judged_only: bool = False,
+                   query_ids=None) -> tuple[dict[str, str], pd.DataFrame]:
+    """The queries of ``split`` (id -> text) and its qrels; ``judged_only`` keeps the queries with
+    qrels (evaluation); ``query_ids`` restricts both to those queries, read row group by row group."""
+    if query_ids is None:
+        queries, qrels = io.read_table(queries_path, "queries"), io.read_table(qrels_path, "qrels")
+    else:
+        queries = io.read_rows(queries_path, "queries", "query_id", query_ids)
+        qrels = io.read_rows(qrels_path, "qrels", "query_id", query_ids)
+    queries = queries[queries["split"] == split]
     qrels = qrels[qrels["split"] == split]
-    if qrels.empty:
-        raise ValueError(f"{qrels_path}: no qrels for split {split!r}")
-    wanted = set(qrels["query_id"])
-    return {q: t for q, t in queries[["query_id", "text"]].itertuples(index=False) if q in wanted}, qrels
+    if queries.empty and query_ids is None:
+        raise ValueError(f"{queries_path}: no queries for split {split!r}")
+    if judged_only:
+        if qrels.empty:
+            raise ValueError(f"{qrels_path}: no qrels for split {split!r}")
+        queries = queries[queries["query_id"].isin(set(qrels["query_id"]))]
+    return dict(queries[["query_id", "text"]].itertuples(index=False)), qrels
+
+
+def _passages(corpus_path: str, doc_ids) -> dict[str, str]:
+    """Texts of the given passages only (a shard's), scanned from the corpus row group by row group."""
+    return _texts(io.read_rows(corpus_path, "corpus", "doc_id", doc_ids))
+
+
+def _query_texts(queries_path: str, query_ids) -> dict[str, str]:
+    rows = io.read_rows(queries_path, "queries", "query_id", query_ids, columns=["query_id", "text"])
+    return dict(rows.drop_duplicates("query_id")[["query_id", "text"]].itertuples(index=False))
 
 
 def sample_queries(query_ids: Sequence[str], max_queries: int | None, seed: int) -> list[str]:
@@ -45,10 +65,11 @@ def sample_queries(query_ids: Sequence[str], max_queries: int | None, seed: int)
 
 # --------------------------------------------------------------------------------------------
 
-def prepare(data_dir: str, dataset: str, splits: Sequence[str], out_dir: str) -> dict:
+def prepare(data_dir: str, dataset: str, splits: Sequence[str], out_dir: str, *, format: str = "beir",
+            files: dict | None = None) -> dict:
     out = Path(out_dir)
     stats = data.prepare(data_dir, dataset, list(splits), out / "corpus.parquet", out / "queries.parquet",
-                         out / "qrels.parquet")
+                         out / "qrels.parquet", format=format, files=files or None)
     _log(json.dumps(stats))
     return stats
 
@@ -74,16 +95,25 @@ def index(checkpoint: str, corpus_path: str, out: str, *, nbits: int, doc_maxlen
 
 
 def retrieve(checkpoint: str, index_dir: str, queries_path: str, qrels_path: str, out: str, *, split: str,
-             k: int, max_queries: int | None, seed: int, search: dict) -> pd.DataFrame:
-    """Top-``k`` for the (sampled) queries of ``split`` -> the io "run" schema."""
+             k: int, max_queries: int | None, seed: int, search: dict, shard: str | None = None) -> pd.DataFrame:
+    """Top-``k`` for the (sampled) queries of ``split`` in ``shard`` (all for None) -> the "run" schema.
+
+    The seeded sample is drawn from the whole split first, then cut by shard, so the shards of a
+    round together hold exactly the queries an unsharded run would."""
     from . import student
 
-    queries, _ = _split_queries(queries_path, qrels_path, split)
-    chosen = sample_queries(list(queries), max_queries, seed)
-    run = student.search(checkpoint, index_dir, {q: queries[q] for q in chosen}, k,
+    ids = io.read_table(queries_path, "queries", columns=["split", "query_id"])
+    ids = ids.loc[ids["split"] == split, "query_id"].tolist()
+    if not ids:
+        raise ValueError(f"{queries_path}: no queries for split {split!r}")
+    chosen = sample_queries(ids, max_queries, seed)
+    chosen = [q for q, keep in zip(chosen, shards.in_shard(chosen, shard)) if keep]
+    texts = _query_texts(queries_path, chosen)
+    run = student.search(checkpoint, index_dir, {q: texts[q] for q in chosen}, k,
                          progress_label="retrieve", **search)
     io.write_table(run, "run", out)
-    _log(f"retrieved top-{k} for {run['query_id'].nunique()} of {len(chosen)} queries -> {out}")
+    _log(f"retrieved top-{k} for {run['query_id'].nunique()} of {len(chosen)} queries"
+         f"{f' (shard {shard})' if shard else ''} -> {out}")
     return run
 
 
@@ -115,34 +145,78 @@ def fit_teacher(kind: str, negatives_path: str, corpus_path: str, queries_path: 
     return stats
 
 
+def _cached_scores(paths: Sequence[str], name: str, identity: str, query_ids, columns: list[str]) -> pd.DataFrame:
+    """Rows of earlier iterations' score files made by the same teacher (newest first), for these queries."""
+    frames = []
+    for path in reversed(list(paths)):
+        if io.read_metadata(path).get("teacher") != identity:
+            _log(f"cache: {path} was scored by another teacher; not reused")
+            continue
+        frames.append(io.read_rows(path, name, "query_id", query_ids, columns=columns))
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _hit_line(stage: str, hits: int, total: int) -> str:
+    rate = hits / total if total else 0.0
+    return f"{stage} teacher cache: {hits} of {total} reused ({rate:.1%}), {total - hits} scored"
+
+
 def pointwise(topk_path: str, corpus_path: str, queries_path: str, qrels_path: str, out: str, *,
               split: str, model: str, family: str, max_length: int, batch_size: int,
-              add_positives: bool = True) -> pd.DataFrame:
+              add_positives: bool = True, cache: Sequence[str] = (), part_rows: int = 4096) -> pd.DataFrame:
     """Score every retrieved (query, passage) with the pointwise teacher; with ``add_positives`` the
     labelled positives of the retrieved queries are scored too (retriever columns null for those
-    not retrieved), since training puts a positive in every group."""
+    not retrieved), since training puts a positive in every group.
+
+    A (query, passage) found in a ``cache`` file (an earlier iteration's output for the same
+    shard) scored by the same teacher is reused. The rest is scored in resumable parts. Reads only
+    the shard's queries, qrels and passages."""
     from . import teachers
 
-    runtime.resolve_model(model)  # a missing model fails before any data is read
+    identity = teachers.identity(model, family, "pointwise", max_length)  # a missing model fails here
     topk = io.read_table(topk_path, "run")
-    corpus = _texts(io.read_table(corpus_path, "corpus"))
-    queries, qrels = _split_queries(queries_path, qrels_path, split)
+    query_ids = sorted(set(topk["query_id"]))
     rows = topk.rename(columns={"rank": "retriever_rank", "score": "retriever_score"})
     if add_positives:
-        pos = qrels[(qrels["relevance"] > 0) & qrels["query_id"].isin(set(topk["query_id"]))]
-        extra = pos[["query_id", "doc_id"]].merge(rows[["query_id", "doc_id"]], how="left", indicator=True)
+        _, qrels = _split_queries(queries_path, qrels_path, split, query_ids=query_ids)
+        pos = qrels[qrels["relevance"] > 0][["query_id", "doc_id"]].drop_duplicates()
+        extra = pos.merge(rows[["query_id", "doc_id"]], how="left", indicator=True)
         extra = extra[extra["_merge"] == "left_only"].drop(columns="_merge")
         rows = pd.concat([rows, extra], ignore_index=True)
     rows = rows.reset_index(drop=True)
-    scorer = teachers.load_pointwise(model, family, max_length=max_length, batch_size=batch_size)
-    _log(f"pointwise teacher {scorer.path} ({scorer.family}) on {len(rows)} pairs")
-    rows["teacher_score"] = scorer.score([queries[q] for q in rows["query_id"]],
-                                         [corpus[d] for d in rows["doc_id"]], progress_label="pointwise")
+    hits = _cached_scores(cache, "pointwise", identity, query_ids, ["query_id", "doc_id", "teacher_score"])
+    hits = hits.drop_duplicates(["query_id", "doc_id"]).assign(cached=True)
+    rows = rows.merge(hits, on=["query_id", "doc_id"], how="left")
+    rows["cached"] = rows["cached"].fillna(False).astype(bool)
+    todo = rows.loc[~rows["cached"], ["query_id", "doc_id"]]
+    _log(_hit_line("pointwise", int(rows["cached"].sum()), len(rows)))
+
+    loaded = {}
+
+    def score(chunk: pd.DataFrame) -> dict[str, np.ndarray]:
+        if not loaded:
+            loaded["scorer"] = teachers.load_pointwise(model, family, max_length=max_length, batch_size=batch_size)
+            loaded["queries"] = _query_texts(queries_path, todo["query_id"].unique())
+            loaded["corpus"] = _passages(corpus_path, todo["doc_id"].unique())
+            _log(f"pointwise teacher {loaded['scorer'].path} ({loaded['scorer'].family}) on {len(todo)} pairs")
+        q, c = loaded["queries"], loaded["corpus"]
+        return {"teacher_score": loaded["scorer"].score([q[x] for x in chunk["query_id"]],
+                                                        [c[x] for x in chunk["doc_id"]],
+                                                        progress_label="pointwise")}
+
+    if len(todo):
+        scored = shards.score_in_parts(todo.reset_index(drop=True), score, out, part_rows=part_rows,
+                                       identity=identity, log=_log)
+        rows.loc[todo.index, "teacher_score"] = scored["teacher_score"].to_numpy()
+    rows["teacher_score"] = rows["teacher_score"].astype("float32")
     rows["_tie"] = rows["retriever_rank"].fillna(np.inf)
     rows["teacher_rank"] = evaluate.rank_by_score(rows.rename(columns={"_tie": "rank"}), "teacher_score")
     rows = rows.drop(columns="_tie").astype({"retriever_rank": "Int32", "retriever_score": "Float32"})
     rows = rows.sort_values(["query_id", "teacher_rank"]).reset_index(drop=True)
-    io.write_table(rows, "pointwise", out)
+    io.write_table(rows, "pointwise", out, metadata={"teacher": identity})
+    shards.clear_parts(out)
     return rows
 
 
@@ -156,40 +230,111 @@ def sample_pairs(pointwise_path: str, out: str, *, delta: int, pairs_per_query: 
     return sampled
 
 
+def _cached_pairs(paths: Sequence[str], identity: str, query_ids, both_orders: bool) -> pd.DataFrame:
+    """(query_id, doc_a, doc_b) -> p_ab, p_ba from earlier files; with both orders a pair scored
+    as (b, a) serves (a, b) with the two probabilities swapped."""
+    cols = ["query_id", "doc_a", "doc_b", "p_ab", "p_ba"]
+    old = _cached_scores(paths, "pairwise", identity, query_ids, cols)
+    if both_orders:
+        old = old[old["p_ba"].notna()]
+        swapped = old.rename(columns={"doc_a": "doc_b", "doc_b": "doc_a", "p_ab": "p_ba", "p_ba": "p_ab"})
+        old = pd.concat([old, swapped[cols]], ignore_index=True)
+    return old.drop_duplicates(["query_id", "doc_a", "doc_b"]).assign(cached=True)
+
+
 def pairwise(pairs_path: str, corpus_path: str, queries_path: str, out: str, *, model: str, family: str,
-             max_length: int, batch_size: int, both_orders: bool) -> pd.DataFrame:
+             max_length: int, batch_size: int, both_orders: bool, cache: Sequence[str] = (),
+             part_rows: int = 4096) -> pd.DataFrame:
     """P(doc_a > doc_b | q) for every sampled pair; with ``both_orders`` also P(doc_b > doc_a), and
-    ``prob`` is their symmetrised mean (p_ab + 1 - p_ba) / 2, which cancels position bias."""
+    ``prob`` is their symmetrised mean (p_ab + 1 - p_ba) / 2, which cancels position bias.
+
+    Pairs already scored by the same teacher in a ``cache`` file are reused; the rest is scored in
+    resumable parts."""
     from . import teachers
 
-    runtime.resolve_model(model)
+    identity = teachers.identity(model, family, "pairwise", max_length)
     sampled = io.read_table(pairs_path, "pairs")
-    corpus = _texts(io.read_table(corpus_path, "corpus"))
-    queries = dict(io.read_table(queries_path, "queries")[["query_id", "text"]].itertuples(index=False))
-    scorer = teachers.load_pairwise(model, family, max_length=max_length, batch_size=batch_size)
-    q = [queries[x] for x in sampled["query_id"]]
-    a = [corpus[x] for x in sampled["doc_a"]]
-    b = [corpus[x] for x in sampled["doc_b"]]
-    _log(f"pairwise teacher {scorer.path} ({scorer.family}) on {len(sampled)} pairs"
-         f"{' in both orders' if both_orders else ''}")
+    query_ids = sorted(set(sampled["query_id"]))
+    rows = sampled[["query_id", "doc_a", "doc_b", "rank_a", "rank_b"]]
+    rows = rows.merge(_cached_pairs(cache, identity, query_ids, both_orders), how="left",
+                      on=["query_id", "doc_a", "doc_b"])
+    rows["cached"] = rows["cached"].fillna(False).astype(bool)
+    todo = rows.loc[~rows["cached"], ["query_id", "doc_a", "doc_b"]]
+    _log(_hit_line("pairwise", int(rows["cached"].sum()), len(rows)))
+
+    loaded = {}
+
+    def score(chunk: pd.DataFrame) -> dict[str, np.ndarray]:
+        if not loaded:
+            loaded["scorer"] = teachers.load_pairwise(model, family, max_length=max_length, batch_size=batch_size)
+            loaded["queries"] = _query_texts(queries_path, todo["query_id"].unique())
+            loaded["corpus"] = _passages(corpus_path, pd.concat([todo["doc_a"], todo["doc_b"]]).unique())
+            _log(f"pairwise teacher {loaded['scorer'].path} ({loaded['scorer'].family}) on {len(todo)} pairs"
+                 f"{' in both orders' if both_orders else ''}")
+        qt, c = loaded["queries"], loaded["corpus"]
+        q = [qt[x] for x in chunk["query_id"]]
+        a, b = [c[x] for x in chunk["doc_a"]], [c[x] for x in chunk["doc_b"]]
+        if not both_orders:
+            return {"p_ab": loaded["scorer"].prob(q, a, b, progress_label="pairwise")}
+        probs = loaded["scorer"].prob(q + q, a + b, b + a, progress_label="pairwise")
+        return {"p_ab": probs[: len(q)], "p_ba": probs[len(q):]}
+
+    if len(todo):
+        scored = shards.score_in_parts(todo.reset_index(drop=True), score, out, part_rows=part_rows,
+                                       identity=json.dumps([identity, both_orders]), log=_log)
+        for column in scored.columns:
+            rows.loc[todo.index, column] = scored[column].to_numpy()
+    if not both_orders:
+        rows["p_ba"] = None
+    rows["p_ab"] = rows["p_ab"].astype("float32")
+    rows["p_ba"] = pd.array(rows["p_ba"], dtype="Float32")
     if both_orders:
-        probs = scorer.prob(q + q, a + b, b + a, progress_label="pairwise")
-        p_ab, p_ba = probs[: len(q)], probs[len(q):]
-        prob = (p_ab + (1.0 - p_ba)) / 2.0
+        rows["prob"] = ((rows["p_ab"] + (1.0 - rows["p_ba"].astype("float32"))) / 2.0).astype("float32")
     else:
-        p_ab = scorer.prob(q, a, b, progress_label="pairwise")
-        p_ba, prob = None, p_ab
-    out_df = sampled[["query_id", "doc_a", "doc_b", "rank_a", "rank_b"]].copy()
-    out_df["p_ab"] = p_ab
-    out_df["p_ba"] = pd.array(p_ba if p_ba is not None else [None] * len(q), dtype="Float32")
-    out_df["prob"] = prob
-    io.write_table(out_df, "pairwise", out)
-    return out_df
+        rows["prob"] = rows["p_ab"]
+    io.write_table(rows, "pairwise", out, metadata={"teacher": identity})
+    shards.clear_parts(out)
+    return rows
+
+
+def gather(shard_paths: Sequence[str], name: str, out: str) -> int:
+    """One Parquet file for a stage and iteration from its shard files, streamed shard by shard."""
+    metadata = io.read_metadata(shard_paths[0]) if shard_paths else {}
+    rows = io.concat_files(list(shard_paths), name, out, metadata=metadata or None)
+    _log(f"gathered {rows} rows of {name} from {len(shard_paths)} shard(s) -> {out}")
+    if name in ("pointwise", "pairwise"):
+        cached = int(io.read_table(out, columns=["cached"])["cached"].sum())
+        _log(_hit_line(name, cached, rows))
+    return rows
+
+
+def teacher_cache_report(paths: Sequence[str], out: str | None = None) -> pd.DataFrame:
+    """Per iteration and teacher: rows, rows reused from an earlier iteration, hit rate."""
+    import re
+
+    records = []
+    for path in paths:
+        m = re.search(r"iter-(\d+)/(pointwise|pairwise)\.parquet$", str(path))
+        if not m:
+            raise ValueError(f"{path}: expected results/iter-<n>/<pointwise|pairwise>.parquet")
+        cached = io.read_table(path, columns=["cached"])["cached"]
+        records.append({"iteration": int(m.group(1)), "teacher": m.group(2), "rows": len(cached),
+                        "reused": int(cached.sum()), "hit_rate": float(cached.mean()) if len(cached) else 0.0})
+    table = pd.DataFrame(records, columns=["iteration", "teacher", "rows", "reused", "hit_rate"])
+    table = table.sort_values(["iteration", "teacher"]).reset_index(drop=True)
+    if out:
+        with io.atomic_path(out) as tmp:
+            table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
+    return table
 
 
 def train(checkpoint_in: str, corpus_path: str, queries_path: str, qrels_path: str, pointwise_path: str,
           pairwise_path: str, checkpoint_out: str, loss_out: str, *, split: str, nway: int, use_labels: bool,
-          seed: int, query_maxlen: int, doc_maxlen: int, **hyper) -> dict:
+          seed: int, query_maxlen: int, doc_maxlen: int, unlabelled_queries: bool = False,
+          state_dir: str | None = None, save_every: int = 50, **hyper) -> dict:
+    """Checkpoint n -> n+1. With ``unlabelled_queries`` (and ``use_labels``) queries of ``split``
+    without a labelled positive are trained on too, with the KD and pairwise terms only. With
+    ``state_dir`` a resumable state is kept there every ``save_every`` steps (removed when done)."""
     from . import train as training
 
     corpus = _texts(io.read_table(corpus_path, "corpus"))
@@ -197,27 +342,35 @@ def train(checkpoint_in: str, corpus_path: str, queries_path: str, qrels_path: s
     positives = qrels[qrels["relevance"] > 0].groupby("query_id")["doc_id"].apply(set).to_dict()
     groups, gstats = training.build_groups(io.read_table(pointwise_path, "pointwise"),
                                            io.read_table(pairwise_path, "pairwise"), positives,
-                                           nway=nway, use_labels=use_labels, seed=seed)
+                                           nway=nway, use_labels=use_labels, seed=seed,
+                                           unlabelled_queries=unlabelled_queries)
     _log(f"training groups: {json.dumps(gstats)}")
+    missing = sorted({g.query_id for g in groups} - set(queries))
+    if missing:
+        raise ValueError(f"{queries_path}: no text for {len(missing)} training queries of split {split!r}, "
+                         f"e.g. {missing[:3]}")
     stats = training.train(checkpoint_in, checkpoint_out, loss_out, corpus_texts=corpus, query_texts=queries,
                            groups=groups, nway=nway, use_labels=use_labels, seed=seed,
-                           query_maxlen=query_maxlen, doc_maxlen=doc_maxlen, **hyper)
+                           query_maxlen=query_maxlen, doc_maxlen=doc_maxlen, state_dir=state_dir,
+                           save_every=save_every, **hyper)
     _log(json.dumps({**gstats, **stats}))
     return stats
 
 
 def evaluate_retriever(checkpoint: str, index_dir: str, queries_path: str, qrels_path: str, out_dir: str, *,
-                       split: str, k: int, measures: Sequence[str], iteration: int, search: dict) -> pd.DataFrame:
-    """Search the ``split`` queries; write run.parquet, run.trec and metrics.parquet into ``out_dir``."""
+                       split: str, k: int, measures: Sequence[str], iteration: int, search: dict,
+                       eval_set: str) -> pd.DataFrame:
+    """Search the judged queries of ``split``; write run.parquet, run.trec and metrics.parquet into ``out_dir``."""
     from . import student
 
-    queries, qrels = _split_queries(queries_path, qrels_path, split)
+    queries, qrels = _split_queries(queries_path, qrels_path, split, judged_only=True)
     run = student.search(checkpoint, index_dir, queries, k, progress_label="evaluate", **search)
-    return _write_eval(run, qrels, Path(out_dir), measures, system=f"iteration {iteration}", iteration=iteration)
+    return _write_eval(run, qrels, Path(out_dir), measures, system=f"iteration {iteration}", iteration=iteration,
+                       eval_set=eval_set)
 
 
-def _write_eval(run, qrels, out: Path, measures, *, system: str, iteration: int | None) -> pd.DataFrame:
-    table = evaluate.metrics(run, qrels, measures, system=system, iteration=iteration)
+def _write_eval(run, qrels, out: Path, measures, *, system: str, iteration: int | None, eval_set: str) -> pd.DataFrame:
+    table = evaluate.metrics(run, qrels, measures, system=system, iteration=iteration, eval_set=eval_set)
     io.write_table(run, "run", out / "run.parquet")
     evaluate.write_trec(run, out / "run.trec", tag=system.replace(" ", "-"))
     io.write_table(table, "metrics", out / "metrics.parquet")
@@ -227,33 +380,33 @@ def _write_eval(run, qrels, out: Path, measures, *, system: str, iteration: int 
 
 def rerank_pointwise(run_path: str, corpus_path: str, queries_path: str, qrels_path: str, out_dir: str, *,
                      split: str, depth: int, measures: Sequence[str], model: str, family: str, max_length: int,
-                     batch_size: int) -> pd.DataFrame:
+                     batch_size: int, eval_set: str) -> pd.DataFrame:
     """The pointwise teacher as a reranker of the top-``depth`` of a run (e.g. iteration 0's)."""
     from . import teachers
 
     run = io.read_table(run_path, "run")
-    corpus = _texts(io.read_table(corpus_path, "corpus"))
-    queries, qrels = _split_queries(queries_path, qrels_path, split)
+    queries, qrels = _split_queries(queries_path, qrels_path, split, judged_only=True)
     head = run[run["rank"] <= depth]
+    corpus = _passages(corpus_path, head["doc_id"].unique())
     scorer = teachers.load_pointwise(model, family, max_length=max_length, batch_size=batch_size)
     scores = pd.Series(scorer.score([queries[q] for q in head["query_id"]], [corpus[d] for d in head["doc_id"]],
                                     progress_label="rerank-pointwise"), index=head.index)
     reranked = evaluate.rerank_top(run, scores, depth)
     return _write_eval(reranked, qrels, Path(out_dir), measures,
-                       system=f"pointwise teacher (top-{depth} of iteration 0)", iteration=None)
+                       system=f"pointwise teacher (top-{depth} of iteration 0)", iteration=None, eval_set=eval_set)
 
 
 def rerank_pairwise(run_path: str, corpus_path: str, queries_path: str, qrels_path: str, out_dir: str, *,
                     split: str, depth: int, measures: Sequence[str], model: str, family: str, max_length: int,
-                    batch_size: int) -> pd.DataFrame:
+                    batch_size: int, eval_set: str) -> pd.DataFrame:
     """The pairwise teacher as a reranker: every ordered pair of a run's top-``depth`` (e.g. the
     pointwise teacher's), aggregated with duoT5's sym-sum."""
     from . import teachers
 
     run = io.read_table(run_path, "run")
-    corpus = _texts(io.read_table(corpus_path, "corpus"))
-    queries, qrels = _split_queries(queries_path, qrels_path, split)
+    queries, qrels = _split_queries(queries_path, qrels_path, split, judged_only=True)
     head = run[run["rank"] <= depth][["query_id", "doc_id"]]
+    corpus = _passages(corpus_path, head["doc_id"].unique())
     ordered = head.merge(head, on="query_id", suffixes=("_a", "_b"))
     ordered = ordered[ordered["doc_id_a"] != ordered["doc_id_b"]].rename(
         columns={"doc_id_a": "doc_a", "doc_id_b": "doc_b"}).reset_index(drop=True)
@@ -265,7 +418,8 @@ def rerank_pairwise(run_path: str, corpus_path: str, queries_path: str, qrels_pa
     scores.index = run.index
     reranked = evaluate.rerank_top(run, scores, depth)
     return _write_eval(reranked, qrels, Path(out_dir), measures,
-                       system=f"pairwise teacher (top-{depth} of the pointwise teacher)", iteration=None)
+                       system=f"pairwise teacher (top-{depth} of the pointwise teacher)", iteration=None,
+                       eval_set=eval_set)
 
 
 def summarize(metric_paths: Sequence[str], out: str, out_tsv: str | None = None) -> pd.DataFrame:

@@ -1,0 +1,176 @@
+"""GPU claims on a multi-GPU machine: one flock per GPU, held for the life of the process.
+
+Every claim that must outlive a call runs in its own Python process, as pipeline jobs do.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pairdistill import runtime
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+# Claims a GPU, prints its index, then holds the claim until stdin closes (or it is killed).
+HOLDER = """
+import sys
+from pairdistill.runtime import claim_gpu
+print(claim_gpu(int(sys.argv[1]), sys.argv[2], poll_s=0.05, timeout_s=float(sys.argv[3])), flush=True)
+sys.stdin.read()
+"""
+
+
+def _holder(n_gpus: int, lock_dir: Path, timeout_s: float = 30.0) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.Popen([sys.executable, "-c", HOLDER, str(n_gpus), str(lock_dir), str(timeout_s)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def _claimed(proc: subprocess.Popen) -> int:
+    line = proc.stdout.readline()
+    if not line:
+        raise AssertionError(f"holder exited without a claim: {proc.wait()} {proc.stderr.read()}")
+    return int(line)
+
+
+def _end(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.communicate()
+
+
+@pytest.fixture
+def holders():
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for p in procs:
+        _end(p)
+
+
+@pytest.fixture(autouse=True)
+def _no_claims_left():
+    yield
+    runtime._release_gpu_claims()
+
+
+def test_separate_processes_get_different_gpus(tmp_path, holders):
+    holders += [_holder(2, tmp_path), _holder(2, tmp_path)]
+    assert sorted(_claimed(p) for p in holders) == [0, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pairdistill-gpu-0.lock", "pairdistill-gpu-1.lock"]
+
+
+def test_claim_is_kept_until_the_process_ends(tmp_path, holders):
+    holders.append(_holder(3, tmp_path))
+    first = _claimed(holders[0])
+    # the parent takes another GPU, and asking again in the same process keeps its claim
+    mine = runtime.claim_gpu(3, tmp_path, poll_s=0.05, timeout_s=1)
+    assert mine != first
+    assert runtime.claim_gpu(3, tmp_path, poll_s=0.05, timeout_s=1) == mine
+    holders.append(_holder(3, tmp_path))
+    assert _claimed(holders[1]) not in (first, mine)
+
+
+def test_sigkilled_process_releases_its_gpu(tmp_path, holders):
+    holders.append(_holder(1, tmp_path))
+    assert _claimed(holders[0]) == 0
+    with pytest.raises(TimeoutError):
+        runtime.claim_gpu(1, tmp_path, poll_s=0.05, timeout_s=0.3)
+    os.kill(holders[0].pid, signal.SIGKILL)
+    holders[0].wait(timeout=10)
+    assert holders[0].returncode == -signal.SIGKILL
+    assert runtime.claim_gpu(1, tmp_path, poll_s=0.05, timeout_s=5) == 0
+
+
+def test_waits_for_a_gpu_to_free_up(tmp_path, holders):
+    holders.append(_holder(1, tmp_path))
+    assert _claimed(holders[0]) == 0
+    threading.Timer(0.5, holders[0].kill).start()
+    start = time.monotonic()
+    assert runtime.claim_gpu(1, tmp_path, poll_s=0.05, timeout_s=20) == 0
+    assert time.monotonic() - start >= 0.4
+
+
+def test_all_taken_times_out_with_a_clear_error(tmp_path, holders, capsys):
+    holders += [_holder(2, tmp_path), _holder(2, tmp_path)]
+    assert sorted(_claimed(p) for p in holders) == [0, 1]
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"no free GPU after waiting .*all 2 are claimed") as err:
+        runtime.claim_gpu(2, tmp_path, poll_s=0.05, timeout_s=0.5)
+    assert 0.5 <= time.monotonic() - start < 5
+    assert str(tmp_path) in str(err.value)
+    assert "waiting" in capsys.readouterr().err  # the wait is announced once, in the job's log
+
+
+def test_lock_dir_is_created_and_bad_counts_are_refused(tmp_path):
+    lock_dir = tmp_path / "nested" / "locks"
+    assert runtime.claim_gpu(1, lock_dir, timeout_s=0) == 0
+    assert (lock_dir / "pairdistill-gpu-0.lock").exists()
+    with pytest.raises(ValueError):
+        runtime.claim_gpu(0, tmp_path)
+
+
+def test_existing_lock_file_owned_elsewhere_is_usable_read_only(tmp_path):
+    path = tmp_path / "pairdistill-gpu-0.lock"
+    path.touch()
+    path.chmod(0o444)  # as a file left by another user: flock needs no write access
+    assert runtime.claim_gpu(1, tmp_path, timeout_s=0) == 0
+
+
+def test_device_without_gpus_is_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setenv(runtime.GPU_LOCK_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert runtime.device() == torch.device("cpu")
+    assert runtime.device("cpu") == torch.device("cpu")
+    assert runtime.device("cuda:1") == torch.device("cuda", 1)  # an explicit device is taken as given
+    assert list(tmp_path.iterdir()) == []  # no claim without GPUs
+
+
+def test_device_claims_only_when_several_gpus_and_no_scheduler(tmp_path, monkeypatch):
+    """The CUDA calls are faked: which path device() takes, not what CUDA does."""
+    monkeypatch.setenv(runtime.GPU_LOCK_DIR_ENV, str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+    # SLURM (or the user) chose the GPU: use it, claim nothing
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert runtime.device() == torch.device("cuda")
+    assert list(tmp_path.iterdir()) == []
+
+    # one GPU and no scheduler: nothing to choose
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert runtime.device() == torch.device("cuda")
+    assert list(tmp_path.iterdir()) == []
+
+    # four GPUs: claim one and make it the only visible one; CUDA then counts 1
+    counts = iter([4, 1])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: next(counts))
+    monkeypatch.setattr(torch.cuda, "init", lambda: None)
+    assert runtime.device() == torch.device("cuda", 0)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+    assert (tmp_path / "pairdistill-gpu-0.lock").exists()
+    assert runtime.device() == torch.device("cuda", 0)  # the claim is made once per process
+
+
+def test_device_addresses_the_gpu_by_index_when_cuda_started_early(tmp_path, monkeypatch, holders):
+    monkeypatch.setenv(runtime.GPU_LOCK_DIR_ENV, str(tmp_path))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    holders.append(_holder(2, tmp_path))
+    assert _claimed(holders[0]) == 0
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)  # CUDA had started: it sees both
+    monkeypatch.setattr(torch.cuda, "init", lambda: None)
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert runtime.device() == torch.device("cuda", 1)
+    assert chosen == [1]
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
