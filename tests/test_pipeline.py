@@ -1,7 +1,9 @@
-"""The whole DAG, 2 iterations, on a slice of SciFact with a tiny random BERT.
+"""The whole DAG, 2 iterations in 2 query shards, on a slice of SciFact with a tiny random BERT.
 
-One module-scoped run serves every test here: it is first killed in the middle of round 1's
-training (no output of the killed job may remain), then resumed with --rerun-incomplete.
+One module-scoped run serves every test here. It is killed (SIGKILL to Snakemake and its jobs) at
+several points: in the middle of a pointwise scoring shard, of a pairwise scoring shard and of
+round 2's training, and after each kill rerun with --rerun-incomplete, as after a preemption. A
+second, uninterrupted run of the same config is the reference its results must equal.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from workflow import (DATA_DIR, REPO, dry_run, make_slice, snakemake, snakemake_
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (DATA_DIR / "scifact").is_dir(), reason="SciFact not found")]
 
+SHARDS = ("000-of-002", "001-of-002")
 ARTIFACTS = {
     "results/data/corpus.parquet": "corpus",
     "results/data/queries.parquet": "queries",
@@ -39,23 +42,32 @@ ARTIFACTS = {
     "results/teachers/pairwise/rerank/metrics.parquet": "metrics",
 }
 for n in (0, 1, 2):
-    ARTIFACTS[f"results/iter-{n}/eval/run.parquet"] = "run"
-    ARTIFACTS[f"results/iter-{n}/eval/metrics.parquet"] = "metrics"
+    ARTIFACTS[f"results/iter-{n}/eval/test/run.parquet"] = "run"
+    ARTIFACTS[f"results/iter-{n}/eval/test/metrics.parquet"] = "metrics"
 for n in (1, 2):
-    ARTIFACTS.update({
-        f"results/iter-{n}/train_topk.parquet": "run",
-        f"results/iter-{n}/pointwise.parquet": "pointwise",
-        f"results/iter-{n}/pairs.parquet": "pairs",
-        f"results/iter-{n}/pairwise.parquet": "pairwise",
-        f"results/iter-{n}/train_loss.parquet": "loss",
-    })
+    ARTIFACTS[f"results/iter-{n}/train_loss.parquet"] = "loss"
+    for stage, schema in (("train_topk", "run"), ("pointwise", "pointwise"), ("pairs", "pairs"),
+                          ("pairwise", "pairwise")):
+        ARTIFACTS[f"results/iter-{n}/{stage}.parquet"] = schema
+        for shard in SHARDS:
+            ARTIFACTS[f"results/iter-{n}/{stage}/shard-{shard}.parquet"] = schema
+
+# (job log, line that shows the job is mid-way, outputs of that job, state it leaves for the rerun)
+KILLS = [
+    ("logs/pointwise/iter-1/shard-000-of-002.log", "part 2/", ["results/iter-1/pointwise/shard-000-of-002.parquet"],
+     "results/iter-1/pointwise/.shard-000-of-002.parquet.parts"),
+    ("logs/pairwise/iter-1/shard-001-of-002.log", "part 1/", ["results/iter-1/pairwise/shard-001-of-002.parquet"],
+     "results/iter-1/pairwise/.shard-001-of-002.parquet.parts"),
+    ("logs/train/iter-2.log", "saved training state", ["results/iter-2/checkpoint", "results/iter-2/train_loss.parquet"],
+     "results/iter-2/train_state"),
+]
 
 
 def _kill_during(workdir: Path, configfile: Path, log: Path, marker: str, timeout: float = 900) -> None:
     """Start the workflow, SIGKILL its whole process group once ``log`` contains ``marker``."""
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions")}
-    proc = subprocess.Popen(snakemake_cmd(workdir, configfiles=(configfile,)), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    proc = subprocess.Popen(snakemake_cmd(workdir, "--rerun-incomplete", configfiles=(configfile,)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -63,7 +75,7 @@ def _kill_during(workdir: Path, configfile: Path, log: Path, marker: str, timeou
                 break
             if proc.poll() is not None:
                 raise AssertionError(f"workflow ended ({proc.returncode}) before {marker!r} appeared in {log}")
-            time.sleep(0.5)
+            time.sleep(0.05)
         else:
             raise AssertionError(f"{marker!r} never appeared in {log}")
     finally:
@@ -76,29 +88,57 @@ def _kill_during(workdir: Path, configfile: Path, log: Path, marker: str, timeou
 def run(tmp_path_factory, tiny_bert_dir):
     root = tmp_path_factory.mktemp("e2e")
     make_slice(root / "data")
+    overlay = tiny_overlay(root / "data", tiny_bert_dir, **{"shards": 2, "scoring.part_rows": 16,
+                                                             "train.save_every": 2})
+    configfile = write_config(root / "tiny.yaml", overlay)
+    reference = root / "reference"
+    reference.mkdir()
+    snakemake(reference, configfiles=(configfile,))
+
     workdir = root / "work"
     workdir.mkdir()
-    configfile = write_config(root / "tiny.yaml", tiny_overlay(root / "data", tiny_bert_dir))
-
-    # kill -9 in the middle of round 1's training (the loop announces itself before step 1)
-    _kill_during(workdir, configfile, workdir / "logs" / "train" / "iter-1.log", "training on")
-    killed = {
-        "checkpoint": (workdir / "results/iter-1/checkpoint").exists(),
-        "loss": (workdir / "results/iter-1/train_loss.parquet").exists(),
-    }
-    # what a user does after preemption: release the dead run's lock, rerun what was incomplete
-    snakemake(workdir, "--unlock", configfiles=(configfile,))
+    killed = []
+    for log, marker, outputs, state in KILLS:
+        _kill_during(workdir, configfile, workdir / log, marker)
+        killed.append({"log": log, "outputs_left": [o for o in outputs if (workdir / o).exists()],
+                       "state_kept": (workdir / state).exists()})
+        # what a user does after preemption: release the dead run's lock, rerun what was incomplete
+        snakemake(workdir, "--unlock", configfiles=(configfile,))
     resumed = snakemake(workdir, "--rerun-incomplete", configfiles=(configfile,))
-    return {"workdir": workdir, "config": configfile, "root": root, "killed": killed,
+    return {"workdir": workdir, "reference": reference, "config": configfile, "root": root, "killed": killed,
             "resumed": resumed}
 
 
-def test_killed_job_leaves_nothing_a_rerun_would_trust(run):
-    assert run["killed"] == {"checkpoint": False, "loss": False}
-    # the killed job's temporary output is not at the final path; the resumed run completed it
-    # and removed the temporary
-    assert (run["workdir"] / "results/iter-1/checkpoint/model.safetensors").exists()
+def test_each_kill_left_no_output_and_kept_its_resume_state(run):
+    for k in run["killed"]:
+        assert k["outputs_left"] == [], k
+        assert k["state_kept"], k
+    w = run["workdir"]
+    for log, _, _, state in KILLS:
+        text = (w / log).read_text()
+        assert "resuming" in text, log  # the rerun of the killed job continued from its state
+        assert not (w / state).exists(), state  # and removed it once its outputs were written
+
+
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(run):
+    w, ref = run["workdir"], run["reference"]
+    pd.testing.assert_frame_equal(pd.read_parquet(w / "results/summary.parquet"),
+                                  pd.read_parquet(ref / "results/summary.parquet"))
+    for n in (1, 2):
+        for stage in ("train_topk", "pointwise", "pairs", "pairwise"):
+            rel = f"results/iter-{n}/{stage}.parquet"
+            pd.testing.assert_frame_equal(io.read_table(w / rel), io.read_table(ref / rel), obj=rel)
+        rel = f"results/iter-{n}/train_loss.parquet"
+        a, b = (io.read_table(d / rel).drop(columns="elapsed_s") for d in (w, ref))
+        pd.testing.assert_frame_equal(a, b, obj=rel)
+        got = load_file(w / f"results/iter-{n}/checkpoint/model.safetensors")
+        want = load_file(ref / f"results/iter-{n}/checkpoint/model.safetensors")
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+
+
+def test_no_temporary_is_left(run):
     assert not list((run["workdir"] / "results").rglob("*.tmp"))
+    assert not list((run["workdir"] / "results").rglob(".*.parts"))
 
 
 def test_every_artifact_has_its_schema(run):
@@ -107,7 +147,7 @@ def test_every_artifact_has_its_schema(run):
         df = io.read_table(w / rel, name)
         assert len(df) > 0, rel
     for n in (0, 1, 2):
-        assert (w / f"results/iter-{n}/eval/run.trec").stat().st_size > 0
+        assert (w / f"results/iter-{n}/eval/test/run.trec").stat().st_size > 0
         assert (w / f"results/iter-{n}/index/metadata.json").exists()
     assert (w / "results/teachers/pointwise/model/pairdistill_teacher.json").exists()
 
@@ -139,12 +179,19 @@ def test_stage_contents_are_consistent(run):
 def test_metrics_are_finite_and_summarized(run):
     w = run["workdir"]
     summary = pd.read_parquet(w / "results/summary.parquet")
-    assert list(summary.columns) == ["system", "iteration", "nDCG@10", "RR@10", "R@100", "R@1000"]
+    assert list(summary.columns) == ["system", "iteration", "eval_set", "nDCG@10", "RR@10", "R@100", "R@1000"]
+    assert set(summary["eval_set"]) == {"scifact-slice/test"}
     assert summary["system"].tolist()[:3] == ["iteration 0", "iteration 1", "iteration 2"]
     assert len(summary) == 5
     values = summary[["nDCG@10", "RR@10", "R@100", "R@1000"]].to_numpy(dtype=float)
     assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()
     assert "PairDistill summary" in run["resumed"].stdout + run["resumed"].stderr
+    cache = pd.read_csv(w / "results/teacher_cache.tsv", sep="\t")
+    assert cache[["iteration", "teacher"]].values.tolist() == [[1, "pairwise"], [1, "pointwise"],
+                                                              [2, "pairwise"], [2, "pointwise"]]
+    assert (cache.loc[cache["iteration"] == 1, "reused"] == 0).all()
+    # round 2 retrieves for the same queries: much of its top-k was scored in round 1
+    assert (cache.loc[cache["iteration"] == 2, "hit_rate"] > 0.2).all()
 
 
 def test_checkpoints_differ_between_iterations(run):
@@ -178,8 +225,8 @@ def test_second_run_has_nothing_to_do(run):
 def test_next_iteration_plans_only_its_own_jobs(run):
     jobs = dry_run(run["workdir"], "--config", "iteration=3", configfiles=(run["config"],))
     rules = sorted(rule for rule, _ in jobs)
-    assert rules == sorted(["retrieve", "pointwise", "sample_pairs", "pairwise", "train", "index", "evaluate",
-                            "summary"])
+    assert rules == sorted(["retrieve", "pointwise", "sample_pairs", "pairwise"] * 2 + ["gather"] * 4
+                           + ["train", "index", "evaluate", "summary"])
     for rule, outputs in jobs:
         if rule != "summary":
             assert all("results/iter-3/" in o for o in outputs), (rule, outputs)
@@ -190,9 +237,19 @@ def test_teacher_setting_reruns_scoring_and_downstream_only(run):
     jobs = dry_run(run["workdir"], configfiles=(run["config"], changed))
     planned = {(rule, o) for rule, outputs in jobs for o in outputs}
     rules = {rule for rule, _ in jobs}
-    assert {"pointwise", "sample_pairs", "pairwise", "train"} <= rules
-    assert ("pointwise", "results/iter-1/pointwise.parquet") in planned
-    assert not rules & {"prepare", "init_checkpoint", "mine_negatives", "fit_teacher"}
-    untouched = {"results/iter-0/index", "results/iter-0/eval/metrics.parquet",
-                 "results/iter-1/train_topk.parquet"}
+    assert {"pointwise", "sample_pairs", "pairwise", "gather", "train"} <= rules
+    assert ("pointwise", "results/iter-1/pointwise/shard-000-of-002.parquet") in planned
+    assert not rules & {"prepare", "init_checkpoint", "mine_negatives", "fit_teacher", "retrieve"}
+    untouched = {"results/iter-0/index", "results/iter-0/eval/test/metrics.parquet",
+                 "results/iter-1/train_topk.parquet", "results/iter-1/train_topk/shard-000-of-002.parquet"}
     assert not untouched & {o for _, o in planned}
+
+
+def test_shard_count_change_reruns_the_sharded_stages(run):
+    changed = write_config(run["root"] / "shards.yaml", {"shards": 3})
+    jobs = dry_run(run["workdir"], configfiles=(run["config"], changed))
+    counts = {}
+    for rule, _ in jobs:
+        counts[rule] = counts.get(rule, 0) + 1
+    assert counts["retrieve"] == counts["pointwise"] == counts["pairwise"] == 6
+    assert not set(counts) & {"prepare", "init_checkpoint", "mine_negatives", "fit_teacher"}

@@ -24,7 +24,7 @@ def test_default_config_plans_the_whole_dag(tmp_path):
     assert code == 0, out
     for rule, count in {"prepare": 1, "init_checkpoint": 1, "index": 3, "evaluate": 3, "retrieve": 2,
                         "pointwise": 2, "sample_pairs": 2, "pairwise": 2, "train": 2, "fit_teacher": 2,
-                        "mine_negatives": 1, "rerank_teacher": 2, "summary": 1}.items():
+                        "mine_negatives": 1, "rerank_teacher": 2, "gather": 8, "summary": 1}.items():
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), (rule, out[-2000:])
 
 

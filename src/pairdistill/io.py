@@ -29,6 +29,11 @@ _UMASK = _current_umask()
 S, I32, I64, F32, F64, B = pa.string(), pa.int32(), pa.int64(), pa.float32(), pa.float64(), pa.bool_()
 
 
+# Rows per Parquet row group: a shard job that picks its queries or passages out of a large file
+# (read_rows) holds one row group at a time, so this bounds its memory whatever the file's size.
+ROW_GROUP_ROWS = 65_536
+
+
 def _schema(*fields: tuple[str, pa.DataType], nullable: tuple[str, ...] = ()) -> pa.Schema:
     return pa.schema([pa.field(n, t, nullable=n in nullable) for n, t in fields])
 
@@ -134,7 +139,7 @@ def write_table(df: pd.DataFrame, name: str, path: str | Path, metadata: dict[st
     table = to_table(df, name)
     table = table.replace_schema_metadata(_with_metadata(table.schema, metadata).metadata)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS)
     return table
 
 
