@@ -170,12 +170,19 @@ def checkpoint_digest(checkpoint: str) -> str:
 
 
 def groups_digest(groups: list[Group], query_texts: dict[str, str]) -> str:
-    """sha256 over every group (query, passages, teacher scores, positive, pairs) and its query text."""
+    """sha256 over every group (query and its text, positive, passages, teacher scores, pairs).
+
+    Built from a few large buffers rather than per group, so ~800K groups take a few seconds.
+    """
+    from itertools import chain
+
     h = hashlib.sha256()
-    for g in groups:
-        h.update(repr((g.query_id, query_texts.get(g.query_id), g.doc_ids, g.teacher_scores,
-                       g.positive_index, g.pairs)).encode())
-        h.update(b"\n")
+    h.update("\x1e".join(f"{g.query_id}\x1f{query_texts.get(g.query_id)}\x1f{g.positive_index}\x1f"
+                          + "\x1f".join(g.doc_ids) for g in groups).encode())
+    h.update(np.fromiter((len(g.teacher_scores) for g in groups), dtype=np.int64, count=len(groups)).tobytes())
+    h.update(np.fromiter(chain.from_iterable(g.teacher_scores for g in groups), dtype=np.float64).tobytes())
+    h.update(np.fromiter((len(g.pairs) for g in groups), dtype=np.int64, count=len(groups)).tobytes())
+    h.update(np.fromiter(chain.from_iterable(x for g in groups for x in g.pairs), dtype=np.float64).tobytes())
     return h.hexdigest()
 
 
@@ -375,8 +382,9 @@ def train(checkpoint_in: str, checkpoint_out: str | Path, loss_out: str | Path, 
 
     print(f"training on {len(groups)} groups: {total} steps of {batch_size} queries x {nway} passages",
           flush=True)
-    progress = Progress(total, "train", unit="steps")
-    progress.done = step
+    if state_dir is not None:
+        print(f"keeping a resumable state in {state_dir} every {save_every} steps", flush=True)
+    progress = Progress(total - step, f"train from step {step}" if step else "train", unit="steps")
     start = time.monotonic()
     while step < total:
         if order is None or pos >= len(order):
@@ -433,8 +441,10 @@ def train(checkpoint_in: str, checkpoint_out: str | Path, loss_out: str | Path, 
                        "scheduler": scheduler.scheduler.state_dict() if hasattr(scheduler, "scheduler")
                        else scheduler.state_dict(),
                        "rng": _rng_states(rng)}
-            save_state(state_dir, step, payload,
-                       {"step": step, "total": total, "epoch": epoch, "pos": pos, "fingerprint": fingerprint})
+            saved = save_state(state_dir, step, payload,
+                               {"step": step, "total": total, "epoch": epoch, "pos": pos,
+                                "fingerprint": fingerprint})
+            print(f"saved training state at step {step}/{total} -> {saved}", flush=True)
     model = accelerator.unwrap_model(model)
     model.eval()
     student.save_student(model, checkpoint_out)
