@@ -121,11 +121,16 @@ def _read_corpus(path: Path) -> tuple[pd.DataFrame, list[str]]:
 def load_queries(path: str | Path) -> pd.DataFrame:
     """Read ``queries.jsonl`` into (query_id, text); an empty query text is an error."""
     path = Path(path)
+    records = ((number, _record_id(path, obj, number), _string_field(path, obj, "text", number, required=True))
+               for number, obj in _json_objects(path))
+    return collect_queries(path, records)
+
+
+def collect_queries(path: Path, records: Iterable[tuple[int, str, str]]) -> pd.DataFrame:
+    """(query_id, text) from ``(line, query id, text)`` records; an empty text or a repeated id is an error."""
     seen: dict[str, int] = {}
     ids, texts = [], []
-    for number, obj in _json_objects(path):
-        query_id = _record_id(path, obj, number)
-        text = _string_field(path, obj, "text", number, required=True)
+    for number, query_id, text in records:
         if not text.strip():
             raise InputError(path, f"query {query_id!r} has empty text", number)
         _check_unique(path, seen, query_id, number, "query")
@@ -186,15 +191,25 @@ def load_qrels(
             raise InputError(path, f"unknown query id {query_id!r} (not in queries)", number)
         if known_docs is not None and doc_id not in known_docs:
             raise InputError(path, f"unknown document id {doc_id!r} (not in corpus)", number)
-        first = seen.get((query_id, doc_id))
-        if first is not None:
-            raise InputError(
-                path, f"duplicate judgement for query {query_id!r} and document {doc_id!r} "
-                      f"(first on line {first})", number)
-        seen[(query_id, doc_id)] = number
+        remember_judgement(path, seen, query_id, doc_id, number)
         queries.append(query_id)
         docs.append(doc_id)
         relevances.append(int(score))
+    return qrels_frame(path, split, queries, docs, relevances)
+
+
+def remember_judgement(path: Path, seen: dict, query_id: str, doc_id: str, number: int) -> None:
+    """Record a (query, document) judgement; a second one for the pair is an error naming both lines."""
+    first = seen.get((query_id, doc_id))
+    if first is not None:
+        raise InputError(
+            path, f"duplicate judgement for query {query_id!r} and document {doc_id!r} "
+                  f"(first on line {first})", number)
+    seen[(query_id, doc_id)] = number
+
+
+def qrels_frame(path: Path, split: str, queries: list, docs: list, relevances: list, **extra) -> pd.DataFrame:
+    """The parsed judgements of one qrels file as a frame (``extra``: more columns, e.g. line numbers)."""
     if not queries:
         raise InputError(path, "qrels file holds no judgements")
     return pd.DataFrame({
@@ -202,6 +217,7 @@ def load_qrels(
         "query_id": pd.Series(queries, dtype=object),
         "doc_id": pd.Series(docs, dtype=object),
         "relevance": pd.Series(relevances, dtype="int32"),
+        **extra,
     })
 
 

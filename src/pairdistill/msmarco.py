@@ -33,7 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pairdistill import io
-from pairdistill.data import DATA_DIR_HINT, _check_unique, _is_int, _lines, _require, _split_list
+from pairdistill.data import (DATA_DIR_HINT, _is_int, _lines, _require, _split_list, collect_queries,
+                              qrels_frame, remember_judgement)
 from pairdistill.errors import InputError
 
 FILE_KEYS = ("collection", "queries", "qrels")
@@ -110,17 +111,7 @@ def _id_hashes(ids: list[str]) -> np.ndarray:
 def read_queries(path: str | Path) -> pd.DataFrame:
     """Read a ``qid<TAB>text`` queries file into (query_id, text), in file order."""
     path = Path(path)
-    seen: dict[str, int] = {}
-    ids, texts = [], []
-    for number, query_id, text in _tsv_records(path, "query"):
-        if not text.strip():
-            raise InputError(path, f"query {query_id!r} has empty text", number)
-        _check_unique(path, seen, query_id, number, "query")
-        ids.append(query_id)
-        texts.append(text)
-    if not ids:
-        raise InputError(path, "queries file holds no queries")
-    return pd.DataFrame({"query_id": ids, "text": texts}, dtype=object)
+    return collect_queries(path, _tsv_records(path, "query"))
 
 
 def read_qrels(path: str | Path, split: str, query_ids: set[str], queries_path: Path) -> pd.DataFrame:
@@ -144,25 +135,12 @@ def read_qrels(path: str | Path, split: str, query_ids: set[str], queries_path: 
             raise InputError(path, f"relevance {score!r} is not an integer", number)
         if query_id not in query_ids:
             raise InputError(path, f"unknown query id {query_id!r} (not in {queries_path.name})", number)
-        first = seen.get((query_id, doc_id))
-        if first is not None:
-            raise InputError(
-                path, f"duplicate judgement for query {query_id!r} and document {doc_id!r} "
-                      f"(first on line {first})", number)
-        seen[(query_id, doc_id)] = number
+        remember_judgement(path, seen, query_id, doc_id, number)
         queries.append(query_id)
         docs.append(doc_id)
         relevances.append(int(score))
         numbers.append(number)
-    if not queries:
-        raise InputError(path, "qrels file holds no judgements")
-    return pd.DataFrame({
-        "split": pd.Series([split] * len(queries), dtype=object),
-        "query_id": pd.Series(queries, dtype=object),
-        "doc_id": pd.Series(docs, dtype=object),
-        "relevance": pd.Series(relevances, dtype="int32"),
-        "line": pd.Series(numbers, dtype="int64"),
-    })
+    return qrels_frame(path, split, queries, docs, relevances, line=pd.Series(numbers, dtype="int64"))
 
 
 def write_collection(
