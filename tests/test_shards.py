@@ -230,3 +230,32 @@ def test_teacher_cache_report(tmp_path):
                                                                                  [2, "pointwise", 2, 1]]
     assert table["hit_rate"].tolist() == [0.0, 0.5]
     assert (tmp_path / "cache.tsv").read_text().splitlines()[0] == "iteration\tteacher\trows\treused\thit_rate"
+
+
+def test_a_shard_without_queries_runs_through_every_stage(collection, tmp_path):
+    """More shards than queries, or an unlucky hash, leave a shard empty: its jobs write empty
+    files of the right schema and gathering skips nothing."""
+    from pairdistill import student
+
+    c = collection
+    empty = student.search("unused-checkpoint", "unused-index", {}, 10, ncells=1, centroid_score_threshold=0.5,
+                           ndocs=64)
+    io.write_table(empty, "run", tmp_path / "topk.parquet")
+    teachers = dict(family="cross-encoder", max_length=48, batch_size=8)
+    stages.pointwise(str(tmp_path / "topk.parquet"), str(c["corpus"]), str(c["queries"]), str(c["qrels"]),
+                     str(tmp_path / "pointwise.parquet"), split="train", model=c["pointwise"], **teachers)
+    stages.sample_pairs(str(tmp_path / "pointwise.parquet"), str(tmp_path / "pairs.parquet"), delta=4,
+                        pairs_per_query=3, seed=0)
+    stages.pairwise(str(tmp_path / "pairs.parquet"), str(c["corpus"]), str(c["queries"]),
+                    str(tmp_path / "pairwise.parquet"), model=c["pairwise"], family="bert-pairwise", max_length=48,
+                    batch_size=8, both_orders=True)
+    for name in ("pointwise", "pairs", "pairwise"):
+        assert len(io.read_table(tmp_path / f"{name}.parquet", name)) == 0
+    full = stages.pointwise(str(c["root"] / "topk-000-of-002.parquet"), str(c["corpus"]), str(c["queries"]),
+                            str(c["qrels"]), str(tmp_path / "full.parquet"), split="train", model=c["pointwise"],
+                            **teachers)
+    rows = stages.gather([str(tmp_path / "pointwise.parquet"), str(tmp_path / "full.parquet")], "pointwise",
+                         str(tmp_path / "gathered.parquet"))
+    assert rows == len(full)
+    pd.testing.assert_frame_equal(io.read_table(tmp_path / "gathered.parquet", "pointwise"),
+                                  io.read_table(tmp_path / "full.parquet", "pointwise"))

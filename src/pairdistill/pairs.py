@@ -155,7 +155,8 @@ def pair_counts(pairs: pd.DataFrame, pointwise: pd.DataFrame | None = None) -> p
     counts = (pairs.groupby("query_id", sort=True)[["n_candidates", "n_sampled"]].first()
               .reset_index())
     if pointwise is not None:
-        all_q = pd.DataFrame({"query_id": sorted(pointwise["query_id"].astype(str).unique())})
+        all_q = pd.DataFrame({"query_id": pd.Series(sorted(pointwise["query_id"].astype(str).unique()),
+                                                     dtype=object)})  # object even when empty (a query-less shard)
         counts = all_q.merge(counts, on="query_id", how="left").fillna(0)
     counts["n_candidates"] = counts["n_candidates"].astype(np.int32)
     counts["n_sampled"] = counts["n_sampled"].astype(np.int32)

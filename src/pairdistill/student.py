@@ -193,6 +193,8 @@ def build_index(checkpoint: str | Path, corpus: pd.DataFrame, texts: Sequence[st
 def search(checkpoint: str | Path, index_dir: str | Path, queries: Mapping[str, str], k: int, *,
            ncells: int, centroid_score_threshold: float, ndocs: int, batch: int = 64, progress_label: str | None = None) -> pd.DataFrame:
     """Top-``k`` of every query through colbert-ai's Searcher: a frame in the io "run" schema."""
+    if not queries:
+        return empty_run()
     setup_colbert()
     from colbert import Searcher
 
@@ -216,6 +218,10 @@ def search(checkpoint: str | Path, index_dir: str | Path, queries: Mapping[str, 
                 frames.append(pd.DataFrame({"query_id": qids[start + i], "doc_id": doc_ids[list(pids)],
                                             "rank": ranks, "score": scores}))
             progress.update(len(chunk))
-    run = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        {"query_id": [], "doc_id": [], "rank": [], "score": []})
+    run = pd.concat(frames, ignore_index=True) if frames else empty_run()
     return io.to_table(run, "run").to_pandas()
+
+
+def empty_run() -> pd.DataFrame:
+    """A run without rows (e.g. a query shard that no query hashed to), typed as the run schema."""
+    return io.SCHEMAS["run"].empty_table().to_pandas()
