@@ -181,7 +181,9 @@ def concat_files(paths: list[str | Path], name: str, out: str | Path, metadata: 
     """Concatenate artifacts of schema ``name`` into ``out`` one file at a time (no file is held
     with another in memory); returns the number of rows. Written atomically."""
     rows = 0
-    schema = _with_metadata(SCHEMAS[name], metadata)
+    # the first file's metadata (pandas dtypes such as nullable Int32 included) and ``metadata``
+    first = pq.read_schema(paths[0]).metadata if paths else None
+    schema = _with_metadata(SCHEMAS[name].with_metadata(first), metadata)
     with atomic_path(out) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
             for path in paths:
