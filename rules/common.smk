@@ -18,7 +18,10 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(workflow.basedir, ".cache", "torch_extensions"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")  # colbert-ai's bars; our stages log progress lines
-PD = f'"{sys.executable}" -m pairdistill --threads {{threads}}'
+# The interpreter reaches jobs through the environment (exported to cluster jobs too), not the
+# command text: a moved checkout or venv must not change every job's command and rerun it all.
+os.environ["PAIRDISTILL_PYTHON"] = sys.executable
+PD = '"$PAIRDISTILL_PYTHON" -m pairdistill --threads {threads}'
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 from pairdistill.data import input_files  # noqa: E402  (after the path is set)
 from pairdistill.shards import shard_names  # noqa: E402
@@ -111,6 +114,18 @@ def teacher_model(kind):
 def teacher_input(kind):
     """The fitted teacher is a DAG input; a hub id or external path is a parameter only."""
     return [f"results/teachers/{kind}/model"] if teacher_fitted(kind) else []
+
+
+def teacher_settings(kind, *keys):
+    """The teacher settings a job's results depend on, as its params: a change reruns it."""
+    return {k: config["teachers"][kind][k] for k in keys}
+
+
+def speed_settings(kind):
+    """Batch and part sizes change how fast a scoring job runs, not what it writes (beyond float
+    rounding), so they are resources, which Snakemake does not compare between runs: lowering a
+    batch size after an out-of-memory kill reruns nothing, and finished parts are kept."""
+    return {"batch_size": config["teachers"][kind]["batch_size"], "part_rows": config["scoring"]["part_rows"]}
 
 
 def search_flags(section):

@@ -16,8 +16,7 @@ rule pointwise:
     params:
         split=config["train_split"],
         model=teacher_model("pointwise"),
-        t=config["teachers"]["pointwise"],
-        part_rows=config["scoring"]["part_rows"],
+        t=teacher_settings("pointwise", "family", "max_length", "add_positives"),
     log:
         "logs/pointwise/iter-{it}/shard-{shard}.log",
     benchmark:
@@ -25,11 +24,12 @@ rule pointwise:
     threads: THREADS
     resources:
         **resources_of("pointwise"),
+        **speed_settings("pointwise"),
     shell:
         PD + " pointwise --topk {input.topk:q} --corpus {input.corpus:q} --queries {input.queries:q}"
         " --qrels {input.qrels:q} --out {output:q} --split {params.split} --model {params.model:q}"
-        " --family {params.t[family]} --max-length {params.t[max_length]} --batch-size {params.t[batch_size]}"
-        " --add-positives {params.t[add_positives]} --part-rows {params.part_rows} --cache {input.cache:q}"
+        " --family {params.t[family]} --max-length {params.t[max_length]} --batch-size {resources.batch_size}"
+        " --add-positives {params.t[add_positives]} --part-rows {resources.part_rows} --cache {input.cache:q}"
         " > {log} 2>&1"
 
 
@@ -65,8 +65,7 @@ rule pairwise:
         "results/iter-{it}/pairwise/shard-{shard}.parquet",
     params:
         model=teacher_model("pairwise"),
-        t=config["teachers"]["pairwise"],
-        part_rows=config["scoring"]["part_rows"],
+        t=teacher_settings("pairwise", "family", "max_length", "both_orders"),
     log:
         "logs/pairwise/iter-{it}/shard-{shard}.log",
     benchmark:
@@ -74,11 +73,12 @@ rule pairwise:
     threads: THREADS
     resources:
         **resources_of("pairwise"),
+        **speed_settings("pairwise"),
     shell:
         PD + " pairwise --pairs {input.pairs:q} --corpus {input.corpus:q} --queries {input.queries:q}"
         " --out {output:q} --model {params.model:q} --family {params.t[family]}"
-        " --max-length {params.t[max_length]} --batch-size {params.t[batch_size]}"
-        " --both-orders {params.t[both_orders]} --part-rows {params.part_rows} --cache {input.cache:q}"
+        " --max-length {params.t[max_length]} --batch-size {resources.batch_size}"
+        " --both-orders {params.t[both_orders]} --part-rows {resources.part_rows} --cache {input.cache:q}"
         " > {log} 2>&1"
 
 

@@ -80,7 +80,7 @@ rule rerank_teacher:
         depth=lambda w: config["evaluate"]["teacher_rerank"][f"{w.kind}_depth"],
         measures=config["evaluate"]["measures"],
         model=lambda w: teacher_model(w.kind),
-        t=lambda w: config["teachers"][w.kind],
+        t=lambda w: teacher_settings(w.kind, "family", "max_length", "batch_size"),
         eval_set=f"{config['dataset']}/{EVAL_SPLITS[0]}",
     log:
         "logs/rerank_teacher/{kind}.log",

@@ -97,7 +97,7 @@ rule train:
         it=r"[1-9]\d*",
     params:
         split=config["train_split"],
-        t=config["train"],
+        t={k: v for k, v in config["train"].items() if k != "save_every"},
         student=config["student"],
         seed=config["seed"],
     log:
@@ -107,6 +107,7 @@ rule train:
     threads: THREADS
     resources:
         **resources_of("train"),
+        save_every=config["train"]["save_every"],  # how often, not what: a resource, so no rerun
     shell:
         PD + " train --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --queries {input.queries:q}"
         " --qrels {input.qrels:q} --pointwise {input.pointwise:q} --pairwise {input.pairwise:q}"
@@ -117,7 +118,7 @@ rule train:
         " --lambda-pair {params.t[lambda_pair]} --temperature {params.t[temperature]}"
         " --use-labels {params.t[use_labels]} --unlabelled-queries {params.t[unlabelled_queries]}"
         " --in-batch-negatives {params.t[in_batch_negatives]}"
-        " --state-dir results/iter-{wildcards.it}/train_state --save-every {params.t[save_every]}"
+        " --state-dir results/iter-{wildcards.it}/train_state --save-every {resources.save_every}"
         " --query-maxlen {params.student[query_maxlen]} --doc-maxlen {params.student[doc_maxlen]}"
         " --seed {params.seed} > {log} 2>&1"
 

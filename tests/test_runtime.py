@@ -174,3 +174,17 @@ def test_device_addresses_the_gpu_by_index_when_cuda_started_early(tmp_path, mon
     assert runtime.device() == torch.device("cuda", 1)
     assert chosen == [1]
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_device_claims_within_a_listed_subset_by_physical_id(tmp_path, monkeypatch, holders):
+    """CUDA_VISIBLE_DEVICES=4,5 for the whole run: each job claims one of 4 and 5, by its id."""
+    monkeypatch.setenv(runtime.GPU_LOCK_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    holders.append(_holder(1, tmp_path))  # another process holds lock "0": not ours to avoid
+    assert _claimed(holders[0]) == 0
+    counts = iter([2, 1])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: next(counts))
+    monkeypatch.setattr(torch.cuda, "init", lambda: None)
+    assert runtime.device() == torch.device("cuda", 0)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "4"
+    assert (tmp_path / "pairdistill-gpu-4.lock").exists()

@@ -259,3 +259,21 @@ def test_a_shard_without_queries_runs_through_every_stage(collection, tmp_path):
     assert rows == len(full)
     pd.testing.assert_frame_equal(io.read_table(tmp_path / "gathered.parquet", "pointwise"),
                                   io.read_table(tmp_path / "full.parquet", "pointwise"))
+
+
+def test_parts_survive_a_part_size_change_and_a_damaged_part_is_rescored(tmp_path):
+    keys, calls, logged = _keys(20), [], []
+
+    def score(chunk):
+        calls.append(len(chunk))
+        return {"s": np.arange(len(chunk), dtype=float)}
+
+    out = tmp_path / "scores.parquet"
+    shards.score_in_parts(keys, score, out, part_rows=8, identity="t", log=logged.append)
+    (shards.parts_dir(out) / "part-000002.parquet").unlink()  # in progress at a kill
+    (shards.parts_dir(out) / "part-000001.parquet").write_bytes(b"PAR1 truncated")  # a crash mid-write
+    calls.clear()
+    again = shards.score_in_parts(keys, score, out, part_rows=4, identity="t", log=logged.append)
+    assert calls == [8, 4]  # the damaged part and the missing one, in the parts' own size
+    assert len(again) == 20
+    assert any("parts' own size 8" in m for m in logged) and any("unreadable part" in m for m in logged)

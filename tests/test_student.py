@@ -74,3 +74,18 @@ def test_search_returns_document_ids(checkpoint, corpus, tmp_path):
     assert run.groupby("query_id")["rank"].apply(list).tolist() == [[1, 2, 3, 4, 5]] * 2
     assert set(run["doc_id"]) <= set(df["doc_id"])
     assert (run.groupby("query_id")["score"].apply(lambda s: s.is_monotonic_decreasing)).all()
+
+
+def test_stale_extension_lock_is_removed_and_a_fresh_one_kept(tmp_path):
+    import os
+    import time
+
+    from pairdistill import student
+
+    for name in ("decompress_residuals_cpp", "segmented_maxsim_cpp"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "lock").touch()
+    old = tmp_path / "decompress_residuals_cpp" / "lock"
+    os.utime(old, (time.time() - 3600, time.time() - 3600))  # left by a job killed an hour ago
+    assert student.clear_stale_extension_locks(tmp_path) == [old]
+    assert not old.exists() and (tmp_path / "segmented_maxsim_cpp" / "lock").exists()

@@ -9,6 +9,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ _HELD_LOCKS: dict[str, int] = {}  # lock path -> open fd; held (never closed) fo
 _CLAIMED: torch.device | None = None
 
 
-def gpu_lock_path(lock_dir: str | Path, index: int) -> Path:
+def gpu_lock_path(lock_dir: str | Path, index: int | str) -> Path:
     return Path(lock_dir) / f"pairdistill-gpu-{index}.lock"
 
 
@@ -82,8 +83,11 @@ def _try_lock(path: Path) -> int | None:
 
 
 def claim_gpu(n_gpus: int, lock_dir: str | Path = GPU_LOCK_DIR_DEFAULT, poll_s: float = GPU_POLL_S,
-              timeout_s: float | None = None) -> int:
+              timeout_s: float | None = None, names: Sequence[str] | None = None) -> int:
     """Claim one of GPUs ``0 .. n_gpus-1`` for this process and return its index.
+
+    ``names`` (default ``0 .. n_gpus-1``) name the lock files: the physical ids of the GPUs when
+    CUDA_VISIBLE_DEVICES lists a subset, so runs given different subsets never share a lock.
 
     The claim is an exclusive, non-blocking ``flock`` on ``<lock_dir>/pairdistill-gpu-<i>.lock``,
     kept until the process ends; the kernel drops it however the process ends (``kill -9``
@@ -94,7 +98,9 @@ def claim_gpu(n_gpus: int, lock_dir: str | Path = GPU_LOCK_DIR_DEFAULT, poll_s: 
     if n_gpus < 1:
         raise ValueError(f"n_gpus must be at least 1, got {n_gpus}")
     Path(lock_dir).mkdir(parents=True, exist_ok=True)
-    paths = [gpu_lock_path(lock_dir, i) for i in range(n_gpus)]
+    if names is not None and len(names) != n_gpus:
+        raise ValueError(f"{len(names)} GPU names for {n_gpus} GPUs")
+    paths = [gpu_lock_path(lock_dir, name) for name in (names if names is not None else range(n_gpus))]
     for i, path in enumerate(paths):
         if str(path) in _HELD_LOCKS:
             return i
@@ -128,33 +134,39 @@ def _release_gpu_claims() -> None:
     _CLAIMED = None
 
 
-def _claim_cuda_device(n: int) -> torch.device:
-    """Claim a free one of ``n`` GPUs and make it this process' only visible one (so colbert-ai,
-    Accelerate and plain ``.cuda()`` calls all land on it as cuda:0)."""
+def _claim_cuda_device(ids: Sequence[str]) -> torch.device:
+    """Claim a free one of the GPUs ``ids`` (physical ids, as CUDA_VISIBLE_DEVICES names them) and
+    make it this process' only visible one (so colbert-ai, Accelerate and plain ``.cuda()`` calls
+    all land on it as cuda:0)."""
     global _CLAIMED
+    n = len(ids)
     lock_dir = os.environ.get(GPU_LOCK_DIR_ENV) or GPU_LOCK_DIR_DEFAULT
     wait = os.environ.get(GPU_WAIT_ENV)
-    index = claim_gpu(n, lock_dir, timeout_s=float(wait) if wait else None)
-    os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+    index = claim_gpu(n, lock_dir, timeout_s=float(wait) if wait else None, names=list(ids))
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ids[index]
     torch.cuda.init()  # CUDA reads CUDA_VISIBLE_DEVICES now; later changes (colbert-ai's) are moot
     if torch.cuda.device_count() == 1:  # after init: CUDA's own count
         _CLAIMED = torch.device("cuda", 0)
     else:
         # CUDA had been initialised before this call, so the variable came too late: address the
         # claimed GPU by its index and make it the current device instead.
-        del os.environ["CUDA_VISIBLE_DEVICES"]
+        if given is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = given
         torch.cuda.set_device(index)
         _CLAIMED = torch.device("cuda", index)
-    print(f"using GPU {index} of {n} (lock {gpu_lock_path(lock_dir, index)})", flush=True)
+    print(f"using GPU {ids[index]} ({index + 1} of {n}; lock {gpu_lock_path(lock_dir, ids[index])})", flush=True)
     return _CLAIMED
 
 
 def device(name: str = "auto") -> torch.device:
     """The torch device for ``name``; ``auto`` is the GPU when there is one, else the CPU.
 
-    With several GPUs visible and no CUDA_VISIBLE_DEVICES (a scheduler such as SLURM sets it;
-    then cuda:0 is ours) the process claims a free GPU (see :func:`claim_gpu`), waiting while
-    all are taken, and keeps it until it exits. Call it before any other CUDA use in a stage
+    With several GPUs visible (all of the machine's, or several listed in CUDA_VISIBLE_DEVICES;
+    a scheduler such as SLURM lists just one, which is then ours) the process claims a free one
+    (see :func:`claim_gpu`), waiting while all are taken, and keeps it until it exits. Call it before any other CUDA use in a stage
     (colbert-ai's included): only then can the claimed GPU be made the process' only visible one,
     which colbert-ai needs, as it otherwise runs on the first visible GPU whatever it is given.
     """
@@ -162,10 +174,16 @@ def device(name: str = "auto") -> torch.device:
         return torch.device(name)
     if _CLAIMED is not None:
         return _CLAIMED
-    if "CUDA_VISIBLE_DEVICES" not in os.environ:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
         n = torch.cuda.device_count()  # before CUDA starts, from NVML: does not start it
         if n > 1:
-            return _claim_cuda_device(n)
+            return _claim_cuda_device([str(i) for i in range(n)])
+    else:
+        ids = [x.strip() for x in visible.split(",") if x.strip()]
+        # a subset for the whole run (CUDA_VISIBLE_DEVICES=4,5,6,7 snakemake ...): claim one of it
+        if len(ids) > 1 and torch.cuda.device_count() > 1:
+            return _claim_cuda_device(ids)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -97,7 +97,14 @@ def score_in_parts(keys: pd.DataFrame, score: Callable[[pd.DataFrame], dict[str,
     manifest_path = directory / "manifest.json"
     if directory.exists():
         previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
-        if previous != manifest:
+        if previous is not None and {**previous, "part_rows": part_rows} == manifest:
+            # same rows and teacher, another part size (e.g. lowered after the kill): keep the
+            # finished parts by finishing in their size
+            if previous["part_rows"] != part_rows:
+                log(f"resuming with the parts' own size {previous['part_rows']} (not {part_rows})")
+            manifest = previous
+            part_rows = previous["part_rows"]
+        else:
             log(f"discarding parts in {directory}: they were written for other inputs")
             shutil.rmtree(directory)
     if not directory.exists():
@@ -110,15 +117,21 @@ def score_in_parts(keys: pd.DataFrame, score: Callable[[pd.DataFrame], dict[str,
     tables = []
     for k in range(n_parts):
         path = directory / f"part-{k:06d}.parquet"
-        if not path.is_file():
-            chunk = keys.iloc[k * part_rows:(k + 1) * part_rows].reset_index(drop=True)
-            values = score(chunk)
-            table = pa.table({name: pa.array(np.asarray(v, dtype=np.float32), type=pa.float32(), from_pandas=True)
-                              for name, v in values.items()})
-            with io.atomic_path(path) as tmp:
-                pq.write_table(table, tmp)
-            log(f"part {k + 1}/{n_parts} scored ({len(chunk)} rows)")
-        tables.append(pq.read_table(path))
+        if path.is_file():
+            try:
+                tables.append(pq.read_table(path))
+                continue
+            except (OSError, pa.ArrowException) as exc:  # e.g. truncated by a machine crash
+                log(f"rescoring unreadable part {path.name}: {exc}")
+                path.unlink()
+        chunk = keys.iloc[k * part_rows:(k + 1) * part_rows].reset_index(drop=True)
+        values = score(chunk)
+        table = pa.table({name: pa.array(np.asarray(v, dtype=np.float32), type=pa.float32(), from_pandas=True)
+                          for name, v in values.items()})
+        with io.atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        log(f"part {k + 1}/{n_parts} scored ({len(chunk)} rows)")
+        tables.append(table)
     if not tables:
         return pd.DataFrame()
     return pa.concat_tables(tables).to_pandas()

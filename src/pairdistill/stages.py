@@ -7,6 +7,7 @@ paths and plain settings, so any stage can also be run by hand or from a noteboo
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -158,6 +159,14 @@ def _cached_scores(paths: Sequence[str], name: str, identity: str, query_ids, co
     return pd.concat(frames, ignore_index=True)
 
 
+def _parts_identity(identity: str, *inputs) -> str:
+    """What finished scoring parts depend on besides their rows: the teacher, its settings, and the
+    text files (a re-prepared corpus has a new size or modification time, so old parts are dropped)."""
+    stamps = [[str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns] if isinstance(p, str) and os.path.exists(p)
+              else p for p in inputs]
+    return json.dumps([identity, *stamps])
+
+
 def _hit_line(stage: str, hits: int, total: int) -> str:
     rate = hits / total if total else 0.0
     return f"{stage} teacher cache: {hits} of {total} reused ({rate:.1%}), {total - hits} scored"
@@ -208,7 +217,7 @@ def pointwise(topk_path: str, corpus_path: str, queries_path: str, qrels_path: s
 
     if len(todo):
         scored = shards.score_in_parts(todo.reset_index(drop=True), score, out, part_rows=part_rows,
-                                       identity=identity, log=_log)
+                                       identity=_parts_identity(identity, corpus_path, queries_path), log=_log)
         rows.loc[todo.index, "teacher_score"] = scored["teacher_score"].to_numpy()
     rows["teacher_score"] = rows["teacher_score"].astype("float32")
     rows["_tie"] = rows["retriever_rank"].fillna(np.inf)
@@ -281,7 +290,8 @@ def pairwise(pairs_path: str, corpus_path: str, queries_path: str, out: str, *, 
 
     if len(todo):
         scored = shards.score_in_parts(todo.reset_index(drop=True), score, out, part_rows=part_rows,
-                                       identity=json.dumps([identity, both_orders]), log=_log)
+                                       identity=_parts_identity(identity, both_orders, corpus_path, queries_path),
+                                       log=_log)
         for column in scored.columns:
             rows.loc[todo.index, column] = scored[column].to_numpy()
     if not both_orders:

@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -34,6 +35,7 @@ def setup_colbert() -> None:
     if _PATCHED:
         return
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.cwd() / ".cache" / "torch_extensions"))
+    clear_stale_extension_locks(Path(os.environ["TORCH_EXTENSIONS_DIR"]))
     base_config = importlib.import_module("colbert.infra.config.base_config")
 
     def metadata_without_git() -> dict:
@@ -41,6 +43,26 @@ def setup_colbert() -> None:
 
     base_config.get_metadata_only = metadata_without_git
     _PATCHED = True
+
+
+def clear_stale_extension_locks(root: Path, max_age_s: float = 1800.0) -> list[Path]:
+    """Remove torch's extension build locks older than ``max_age_s``.
+
+    torch takes ``<extension>/lock`` on every load of a compiled extension, and colbert-ai loads
+    its extensions in every index and search job. A job killed while holding it (preemption,
+    time limit) leaves the file behind, and every later job would wait on it forever. A build
+    takes about two minutes, so a lock half an hour old has no living owner."""
+    removed = []
+    now = time.time()
+    for lock in root.glob("*/lock") if root.is_dir() else ():
+        try:
+            if now - lock.stat().st_mtime > max_age_s:
+                lock.unlink()
+                removed.append(lock)
+                print(f"removed stale torch extension lock {lock} (left by a killed job)", flush=True)
+        except FileNotFoundError:  # another job removed or released it meanwhile
+            pass
+    return removed
 
 
 def colbert_config(**kw):
@@ -202,8 +224,10 @@ def search(checkpoint: str | Path, index_dir: str | Path, queries: Mapping[str, 
     doc_ids = pd.read_parquet(index_dir / "doc_ids.parquet")["doc_id"].to_numpy()
     kw = dict(ncells=ncells, centroid_score_threshold=centroid_score_threshold, ndocs=ndocs)
     with colbert_run(index_dir / ".colbert"):
+        # Search needs passage ids only, and colbert-ai would read the whole collection.tsv into a
+        # list (8.8M passages on MS MARCO, in every retrieve shard): give it a one-line stand-in.
         searcher = Searcher(index=str(index_dir), checkpoint=str(Path(checkpoint).resolve()),
-                            collection=str(index_dir / "collection.tsv"), config=colbert_config(**kw),
+                            collection=["(texts are not needed to search)"], config=colbert_config(**kw),
                             verbose=0)
         qids = list(queries)
         progress = Progress(len(qids), progress_label or "search", unit="queries")
