@@ -45,3 +45,20 @@ def test_directory_outputs_replace_whole(tmp_path):
             (tmp / "weights").write_text(content)
     assert (target / "weights").read_text() == "two"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_benchmark_report_reads_flat_and_nested_benchmark_files(tmp_path):
+    from pairdistill.benchmarks import collect, report
+
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "iter-1.tsv").write_text(header + "12.5\t0:00:12\t900.0\t1\t1\t1\t0\t0\t1\t10\n")
+    (tmp_path / "pointwise" / "iter-1").mkdir(parents=True)
+    for shard, seconds in (("shard-000-of-002", 3.0), ("shard-001-of-002", 4.0)):
+        (tmp_path / "pointwise" / "iter-1" / f"{shard}.tsv").write_text(
+            header + f"{seconds}\t0:00:03\t-\t1\t1\t1\t0\t0\t1\t3\n")
+    jobs = collect(tmp_path)
+    assert sorted(map(tuple, jobs[["rule", "job"]].values)) == [
+        ("pointwise", "iter-1/shard-000-of-002"), ("pointwise", "iter-1/shard-001-of-002"), ("train", "iter-1")]
+    assert jobs["seconds"].sum() == 19.5
+    assert "total: 20 s (0.3 min) over 3 jobs" in report(tmp_path)

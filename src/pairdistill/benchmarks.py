@@ -15,12 +15,15 @@ import pandas as pd
 
 def collect(directory: str | Path = "benchmarks") -> pd.DataFrame:
     rows = []
-    for path in sorted(Path(directory).glob("*/*.tsv")):
+    root = Path(directory)
+    # benchmarks/<rule>/<wildcards>.tsv, the wildcards possibly nested (iter-1/shard-000-of-004.tsv)
+    for path in sorted(root.glob("*/**/*.tsv")):
         bench = pd.read_csv(path, sep="\t")
         if bench.empty:
             continue
         last = bench.iloc[-1]  # Snakemake rewrites the file each time the job runs
-        rows.append({"rule": path.parent.name, "job": path.stem, "seconds": float(last["s"]),
+        rule, *rest = path.relative_to(root).with_suffix("").parts
+        rows.append({"rule": rule, "job": "/".join(rest), "seconds": float(last["s"]),
                      "max_rss_mb": float(last["max_rss"]) if last["max_rss"] != "-" else float("nan")})
     return pd.DataFrame(rows, columns=["rule", "job", "seconds", "max_rss_mb"])
 
