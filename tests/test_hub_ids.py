@@ -63,12 +63,15 @@ def _inputs(d: Path) -> None:
                    "run", d / "topk.parquet")
 
 
-def test_teachers_by_hub_id_score_and_record_their_snapshot(hub, tmp_path):
-    _inputs(tmp_path)
-    proc = _run(hub, "pointwise", "--topk", "topk.parquet", "--corpus", "corpus.parquet", "--queries",
+def _pointwise(hub: Path, model: str, cwd: Path) -> subprocess.CompletedProcess:
+    _inputs(cwd)
+    return _run(hub, "pointwise", "--topk", "topk.parquet", "--corpus", "corpus.parquet", "--queries",
                 "queries.parquet", "--qrels", "qrels.parquet", "--out", "pointwise.parquet", "--split", "train",
-                "--model", "cross-encoder/ms-marco-MiniLM-L-6-v2", "--max-length", "32", "--batch-size", "4",
-                cwd=tmp_path)
+                "--model", model, "--max-length", "32", "--batch-size", "4", cwd=cwd)
+
+
+def test_teachers_by_hub_id_score_and_record_their_snapshot(hub, tmp_path):
+    proc = _pointwise(hub, "cross-encoder/ms-marco-MiniLM-L-6-v2", tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     scores = io.read_table(tmp_path / "pointwise.parquet", "pointwise")
     assert len(scores) == 3 and scores["teacher_score"].notna().all()
@@ -97,11 +100,7 @@ def test_colbertv2_by_hub_id_becomes_the_iteration_0_checkpoint(hub, tmp_path):
 
 
 def test_missing_hub_model_is_one_clear_line(hub, tmp_path):
-    _inputs(tmp_path)
-    proc = _run(hub, "pointwise", "--topk", "topk.parquet", "--corpus", "corpus.parquet", "--queries",
-                "queries.parquet", "--qrels", "qrels.parquet", "--out", "pointwise.parquet", "--split", "train",
-                "--model", "cross-encoder/ms-marco-MiniLM-L-12-v2", "--max-length", "32", "--batch-size", "4",
-                cwd=tmp_path)
+    proc = _pointwise(hub, "cross-encoder/ms-marco-MiniLM-L-12-v2", tmp_path)
     assert proc.returncode == 2
     assert "cross-encoder/ms-marco-MiniLM-L-12-v2" in proc.stderr and "not found" in proc.stderr
     assert not (tmp_path / "pointwise.parquet").exists()
