@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -159,17 +159,37 @@ def _cached_scores(paths: Sequence[str], name: str, identity: str, query_ids, co
     return pd.concat(frames, ignore_index=True)
 
 
-def _parts_identity(identity: str, *inputs) -> str:
-    """What finished scoring parts depend on besides their rows: the teacher, its settings, and the
-    text files (a re-prepared corpus has a new size or modification time, so old parts are dropped)."""
-    stamps = [[str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns] if isinstance(p, str) and os.path.exists(p)
-              else p for p in inputs]
-    return json.dumps([identity, *stamps])
-
-
 def _hit_line(stage: str, hits: int, total: int) -> str:
     rate = hits / total if total else 0.0
     return f"{stage} teacher cache: {hits} of {total} reused ({rate:.1%}), {total - hits} scored"
+
+
+def _reuse_or_score(rows: pd.DataFrame, hits: pd.DataFrame, keys: list[str], stage: str,
+                    make_score: Callable[[pd.DataFrame], Callable], out: str, *, part_rows: int,
+                    identity: str, text_files: Sequence[str]) -> pd.DataFrame:
+    """``rows`` with the cached scores of ``hits`` (matched on ``keys``, marked ``cached``) and the
+    others scored in resumable parts. ``make_score(todo)`` loads the teacher and the texts of the
+    rows to score and returns ``score(chunk) -> {column: values}``; it runs only when a part is
+    left to score. Parts are tied to the teacher ``identity`` and to the size and modification
+    time of ``text_files`` (a re-prepared corpus drops them)."""
+    rows = rows.merge(hits, on=keys, how="left")
+    rows["cached"] = rows["cached"].fillna(False).astype(bool)
+    todo = rows.loc[~rows["cached"], keys]
+    _log(_hit_line(stage, int(rows["cached"].sum()), len(rows)))
+    if len(todo):
+        scorer = []
+
+        def score(chunk: pd.DataFrame) -> dict[str, np.ndarray]:
+            if not scorer:
+                scorer.append(make_score(todo))
+            return scorer[0](chunk)
+
+        stamps = [[str(p), os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in text_files]
+        scored = shards.score_in_parts(todo.reset_index(drop=True), score, out, part_rows=part_rows,
+                                       identity=json.dumps([identity, *stamps]), log=_log)
+        for column in scored.columns:
+            rows.loc[todo.index, column] = scored[column].to_numpy()
+    return rows
 
 
 def pointwise(topk_path: str, corpus_path: str, queries_path: str, qrels_path: str, out: str, *,
@@ -195,30 +215,21 @@ def pointwise(topk_path: str, corpus_path: str, queries_path: str, qrels_path: s
         extra = extra[extra["_merge"] == "left_only"].drop(columns="_merge")
         rows = pd.concat([rows, extra], ignore_index=True)
     rows = rows.reset_index(drop=True)
-    hits = _cached_scores(cache, "pointwise", identity, query_ids, ["query_id", "doc_id", "teacher_score"])
-    hits = hits.drop_duplicates(["query_id", "doc_id"]).assign(cached=True)
-    rows = rows.merge(hits, on=["query_id", "doc_id"], how="left")
-    rows["cached"] = rows["cached"].fillna(False).astype(bool)
-    todo = rows.loc[~rows["cached"], ["query_id", "doc_id"]]
-    _log(_hit_line("pointwise", int(rows["cached"].sum()), len(rows)))
+    keys = ["query_id", "doc_id"]
+    hits = _cached_scores(cache, "pointwise", identity, query_ids, [*keys, "teacher_score"])
+    hits = hits.drop_duplicates(keys).assign(cached=True)
 
-    loaded = {}
+    def make_score(todo: pd.DataFrame) -> Callable:
+        scorer = teachers.load_pointwise(model, family, max_length=max_length, batch_size=batch_size)
+        queries = _query_texts(queries_path, todo["query_id"].unique())
+        corpus = _passages(corpus_path, todo["doc_id"].unique())
+        _log(f"pointwise teacher {scorer.path} ({scorer.family}) on {len(todo)} pairs")
+        return lambda chunk: {"teacher_score": scorer.score([queries[x] for x in chunk["query_id"]],
+                                                            [corpus[x] for x in chunk["doc_id"]],
+                                                            progress_label="pointwise")}
 
-    def score(chunk: pd.DataFrame) -> dict[str, np.ndarray]:
-        if not loaded:
-            loaded["scorer"] = teachers.load_pointwise(model, family, max_length=max_length, batch_size=batch_size)
-            loaded["queries"] = _query_texts(queries_path, todo["query_id"].unique())
-            loaded["corpus"] = _passages(corpus_path, todo["doc_id"].unique())
-            _log(f"pointwise teacher {loaded['scorer'].path} ({loaded['scorer'].family}) on {len(todo)} pairs")
-        q, c = loaded["queries"], loaded["corpus"]
-        return {"teacher_score": loaded["scorer"].score([q[x] for x in chunk["query_id"]],
-                                                        [c[x] for x in chunk["doc_id"]],
-                                                        progress_label="pointwise")}
-
-    if len(todo):
-        scored = shards.score_in_parts(todo.reset_index(drop=True), score, out, part_rows=part_rows,
-                                       identity=_parts_identity(identity, corpus_path, queries_path), log=_log)
-        rows.loc[todo.index, "teacher_score"] = scored["teacher_score"].to_numpy()
+    rows = _reuse_or_score(rows, hits, keys, "pointwise", make_score, out, part_rows=part_rows,
+                           identity=identity, text_files=[corpus_path, queries_path])
     rows["teacher_score"] = rows["teacher_score"].astype("float32")
     rows["_tie"] = rows["retriever_rank"].fillna(np.inf)
     rows["teacher_rank"] = evaluate.rank_by_score(rows.rename(columns={"_tie": "rank"}), "teacher_score")
@@ -264,36 +275,28 @@ def pairwise(pairs_path: str, corpus_path: str, queries_path: str, out: str, *, 
     identity = teachers.identity(model, family, "pairwise", max_length)
     sampled = io.read_table(pairs_path, "pairs")
     query_ids = sorted(set(sampled["query_id"]))
-    rows = sampled[["query_id", "doc_a", "doc_b", "rank_a", "rank_b"]]
-    rows = rows.merge(_cached_pairs(cache, identity, query_ids, both_orders), how="left",
-                      on=["query_id", "doc_a", "doc_b"])
-    rows["cached"] = rows["cached"].fillna(False).astype(bool)
-    todo = rows.loc[~rows["cached"], ["query_id", "doc_a", "doc_b"]]
-    _log(_hit_line("pairwise", int(rows["cached"].sum()), len(rows)))
+    keys = ["query_id", "doc_a", "doc_b"]
 
-    loaded = {}
+    def make_score(todo: pd.DataFrame) -> Callable:
+        scorer = teachers.load_pairwise(model, family, max_length=max_length, batch_size=batch_size)
+        queries = _query_texts(queries_path, todo["query_id"].unique())
+        corpus = _passages(corpus_path, pd.concat([todo["doc_a"], todo["doc_b"]]).unique())
+        _log(f"pairwise teacher {scorer.path} ({scorer.family}) on {len(todo)} pairs"
+             f"{' in both orders' if both_orders else ''}")
 
-    def score(chunk: pd.DataFrame) -> dict[str, np.ndarray]:
-        if not loaded:
-            loaded["scorer"] = teachers.load_pairwise(model, family, max_length=max_length, batch_size=batch_size)
-            loaded["queries"] = _query_texts(queries_path, todo["query_id"].unique())
-            loaded["corpus"] = _passages(corpus_path, pd.concat([todo["doc_a"], todo["doc_b"]]).unique())
-            _log(f"pairwise teacher {loaded['scorer'].path} ({loaded['scorer'].family}) on {len(todo)} pairs"
-                 f"{' in both orders' if both_orders else ''}")
-        qt, c = loaded["queries"], loaded["corpus"]
-        q = [qt[x] for x in chunk["query_id"]]
-        a, b = [c[x] for x in chunk["doc_a"]], [c[x] for x in chunk["doc_b"]]
-        if not both_orders:
-            return {"p_ab": loaded["scorer"].prob(q, a, b, progress_label="pairwise")}
-        probs = loaded["scorer"].prob(q + q, a + b, b + a, progress_label="pairwise")
-        return {"p_ab": probs[: len(q)], "p_ba": probs[len(q):]}
+        def score(chunk: pd.DataFrame) -> dict[str, np.ndarray]:
+            q = [queries[x] for x in chunk["query_id"]]
+            a, b = [corpus[x] for x in chunk["doc_a"]], [corpus[x] for x in chunk["doc_b"]]
+            if not both_orders:
+                return {"p_ab": scorer.prob(q, a, b, progress_label="pairwise")}
+            probs = scorer.prob(q + q, a + b, b + a, progress_label="pairwise")
+            return {"p_ab": probs[: len(q)], "p_ba": probs[len(q):]}
 
-    if len(todo):
-        scored = shards.score_in_parts(todo.reset_index(drop=True), score, out, part_rows=part_rows,
-                                       identity=_parts_identity(identity, both_orders, corpus_path, queries_path),
-                                       log=_log)
-        for column in scored.columns:
-            rows.loc[todo.index, column] = scored[column].to_numpy()
+        return score
+
+    rows = _reuse_or_score(sampled[[*keys, "rank_a", "rank_b"]], _cached_pairs(cache, identity, query_ids, both_orders),
+                           keys, "pairwise", make_score, out, part_rows=part_rows,
+                           identity=json.dumps([identity, both_orders]), text_files=[corpus_path, queries_path])
     if not both_orders:
         rows["p_ba"] = None
     rows["p_ab"] = rows["p_ab"].astype("float32")
