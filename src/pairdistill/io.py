@@ -150,8 +150,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return {k[len(prefix):].decode(): v.decode() for k, v in meta.items() if k.startswith(prefix)}
 
 
-def _check_schema(path, schema: pa.Schema, name: str) -> None:
-    expected = SCHEMAS[name]
+def _check_schema(path, name: str) -> None:
+    """A stale or foreign file fails here, naming what it holds and what was expected."""
+    schema, expected = pq.read_schema(path), SCHEMAS[name]
     if not schema.remove_metadata().equals(expected):
         raise ValueError(f"{path}: schema does not match {name!r}:\n{schema}\nexpected\n{expected}")
 
@@ -159,7 +160,7 @@ def _check_schema(path, schema: pa.Schema, name: str) -> None:
 def read_table(path: str | Path, name: str | None = None, columns: list[str] | None = None) -> pd.DataFrame:
     """Read an artifact; with ``name``, check it carries that schema (a stale or foreign file fails)."""
     if name is not None:
-        _check_schema(path, pq.read_schema(path), name)
+        _check_schema(path, name)
     return pq.read_table(path, columns=columns).to_pandas()
 
 
@@ -171,23 +172,22 @@ def read_rows(path: str | Path, name: str, column: str, values, columns: list[st
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    _check_schema(path, pq.read_schema(path), name)
+    _check_schema(path, name)
     wanted = pa.array(sorted(set(values)), type=SCHEMAS[name].field(column).type)
     dataset = ds.dataset(str(path), format="parquet")
     return dataset.to_table(columns=columns, filter=pc.field(column).isin(wanted)).to_pandas()
 
 
-def concat_files(paths: list[str | Path], name: str, out: str | Path, metadata: dict[str, str] | None = None) -> int:
+def concat_files(paths: list[str | Path], name: str, out: str | Path) -> int:
     """Concatenate artifacts of schema ``name`` into ``out`` one file at a time (no file is held
-    with another in memory); returns the number of rows. Written atomically."""
+    with another in memory); returns the number of rows. Written atomically, with the first
+    file's metadata (pandas dtypes such as nullable Int32, and ``pairdistill.*`` such as the teacher)."""
     rows = 0
-    # the first file's metadata (pandas dtypes such as nullable Int32 included) and ``metadata``
-    first = pq.read_schema(paths[0]).metadata if paths else None
-    schema = _with_metadata(SCHEMAS[name].with_metadata(first), metadata)
+    schema = SCHEMAS[name].with_metadata(pq.read_schema(paths[0]).metadata if paths else None)
     with atomic_path(out) as tmp:
         with pq.ParquetWriter(tmp, schema) as writer:
             for path in paths:
-                _check_schema(path, pq.read_schema(path), name)
+                _check_schema(path, name)
                 part = pq.ParquetFile(path)
                 for i in range(part.num_row_groups):
                     group = part.read_row_group(i)

@@ -312,8 +312,7 @@ def pairwise(pairs_path: str, corpus_path: str, queries_path: str, out: str, *, 
 
 def gather(shard_paths: Sequence[str], name: str, out: str) -> int:
     """One Parquet file for a stage and iteration from its shard files, streamed shard by shard."""
-    metadata = io.read_metadata(shard_paths[0]) if shard_paths else {}
-    rows = io.concat_files(list(shard_paths), name, out, metadata=metadata or None)
+    rows = io.concat_files(list(shard_paths), name, out)
     _log(f"gathered {rows} rows of {name} from {len(shard_paths)} shard(s) -> {out}")
     if name in ("pointwise", "pairwise"):
         cached = int(io.read_table(out, columns=["cached"])["cached"].sum())
