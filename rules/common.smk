@@ -34,6 +34,7 @@ CORPUS, QUERIES, QRELS = f"{DATA}/corpus.parquet", f"{DATA}/queries.parquet", f"
 THREADS = int(config["threads"])
 SHARDS = shard_names(int(config["shards"]))
 EVAL_SPLITS = [config["eval_split"]] if isinstance(config["eval_split"], str) else list(config["eval_split"])
+PREPARED_SPLITS = sorted({config["train_split"], *EVAL_SPLITS})
 BEIR = config["beir_eval"]
 # a sharded stage's shard files, and the schema of its gathered file
 SHARDED = {"train_topk": "run", "pointwise": "pointwise", "pairs": "pairs", "pairwise": "pairwise"}
@@ -69,15 +70,13 @@ def check_inputs():
         dataset = os.path.join(DATA_DIR, name)
         if not os.path.isdir(dataset):
             raise WorkflowError(f"dataset directory {dataset} does not exist (config key: {key})")
+    try:  # the loader's own checks of `format` and `files` (every split needs its queries file)
+        input_files(DATA_DIR, config["dataset"], config["format"], config.get("files"), PREPARED_SPLITS)
+    except ValueError as exc:
+        raise WorkflowError(str(exc)) from None
     if config["format"] == "msmarco":
-        files = config.get("files")
-        if not files:
-            raise WorkflowError("format msmarco needs `files` (collection, queries, qrels per split)")
-        for split in [config["train_split"], *EVAL_SPLITS]:
-            if split not in files["queries"]:
-                raise WorkflowError(f"split {split!r} has no queries file (config key: files.queries.{split})")
-        for split in EVAL_SPLITS:
-            if split not in files["qrels"]:
+        for split in EVAL_SPLITS:  # the loader allows unlabelled splits; evaluation needs qrels
+            if split not in config["files"].get("qrels", {}):
                 raise WorkflowError(f"evaluation split {split!r} has no qrels file (config key: files.qrels.{split})")
     models = {
         "student.init": config["student"]["init"],

@@ -4,8 +4,7 @@
 
 rule prepare:
     input:
-        input_files(DATA_DIR, config["dataset"], config["format"], config.get("files"),
-                    sorted({config["train_split"], *EVAL_SPLITS})),
+        input_files(DATA_DIR, config["dataset"], config["format"], config.get("files"), PREPARED_SPLITS),
     output:
         corpus=CORPUS,
         queries=QUERIES,
@@ -13,7 +12,7 @@ rule prepare:
     params:
         data_dir=DATA_DIR,
         dataset=config["dataset"],
-        splits=sorted({config["train_split"], *EVAL_SPLITS}),
+        splits=PREPARED_SPLITS,
         format=config["format"],
         files=json.dumps(config.get("files") or None),
     log:

@@ -127,3 +127,18 @@ def test_slurm_profile_plans_the_paper_run(tmp_path, standins):
                           capture_output=True, text=True, env=os.environ.copy(), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "slurm_partition=gpu" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"queries": {"dl20": None}, "qrels": {"dl20": None}}, "split 'dl20' has no queries file: set `files.queries.dl20`"),
+    ({"queries": {"dl20": None}}, "`files.qrels.dl20` has no queries file: set `files.queries.dl20`"),
+    ({"qrels": {"dl20": None}}, "evaluation split 'dl20' has no qrels file (config key: files.qrels.dl20)"),
+])
+def test_incomplete_msmarco_files_stop_before_any_job(tmp_path, standins, files, message):
+    paper = yaml.safe_load(PAPER.read_text())
+    for key, change in files.items():  # drop one split's file from the paper's list
+        paper["files"][key] = {s: f for s, f in paper["files"][key].items() if s not in change}
+    config = write_config(tmp_path / "paper.yaml", {**paper, "data_dir": str(standins)})
+    proc = snakemake(tmp_path, "-n", configfiles=(config,), check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
