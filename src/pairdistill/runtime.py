@@ -166,7 +166,8 @@ def device(name: str = "auto") -> torch.device:
 
     With several GPUs visible (all of the machine's, or several listed in CUDA_VISIBLE_DEVICES;
     a scheduler such as SLURM lists just one, which is then ours) the process claims a free one
-    (see :func:`claim_gpu`), waiting while all are taken, and keeps it until it exits. Call it before any other CUDA use in a stage
+    (see :func:`claim_gpu`), waiting while all are taken, and keeps it until it exits. Call it
+    before any other CUDA use in a stage
     (colbert-ai's included): only then can the claimed GPU be made the process' only visible one,
     which colbert-ai needs, as it otherwise runs on the first visible GPU whatever it is given.
     """
@@ -211,3 +212,36 @@ def resolve_model(spec: str) -> str:
             raise FileNotFoundError(f"{spec}: model directory has no config.json")
         return str(p)
     return spec
+
+
+def model_fingerprint(path: str, sample_bytes: int | None = 1 << 20) -> str:
+    """A digest of a model directory (or file, or hub id: its snapshot in the local cache): each
+    file's relative name, size, and sha256 of its first and last ``sample_bytes`` bytes, or of all
+    of it with ``sample_bytes=None``. Sampled, it is cheap on a 3B-parameter checkpoint, and a
+    changed, re-fitted or re-downloaded model gets a new one (hub snapshots are content-addressed
+    too); whole, it tells apart two checkpoints of one training run (a resumable state's input)."""
+    import hashlib
+
+    root = Path(path)
+    if not root.exists():
+        from huggingface_hub import snapshot_download
+
+        root = Path(snapshot_download(path, local_files_only=True))
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    h = hashlib.sha256()
+    for f in files:
+        rel = f.relative_to(root).as_posix() if root.is_dir() else f.name
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue  # e.g. .cache/ lock files of huggingface_hub
+        size = f.stat().st_size
+        h.update(f"{rel}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            if sample_bytes is None:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+                continue
+            h.update(fh.read(sample_bytes))
+            if size > sample_bytes:
+                fh.seek(max(sample_bytes, size - sample_bytes))
+                h.update(fh.read())
+    return h.hexdigest()

@@ -141,40 +141,13 @@ def _resolve(model: str, family: str, kind: str, max_length: int | None):
     return path, family, max_length
 
 
-def fingerprint(path: str, sample_bytes: int = 1 << 20) -> str:
-    """A digest of a model directory (or file): each file's relative name, size, and sha256 of its
-    first and last ``sample_bytes`` bytes. Cheap on a 3B-parameter checkpoint, and a changed,
-    re-fitted or re-downloaded model gets a new one (hub snapshots are content-addressed too)."""
-    import hashlib
-
-    root = Path(path)
-    if not root.exists():  # a hub id: its snapshot in the local cache
-        from huggingface_hub import snapshot_download
-
-        root = Path(snapshot_download(path, local_files_only=True))
-    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-    h = hashlib.sha256()
-    for f in files:
-        rel = f.relative_to(root).as_posix() if root.is_dir() else f.name
-        if any(part.startswith(".") for part in rel.split("/")):
-            continue  # e.g. .cache/ lock files of huggingface_hub
-        size = f.stat().st_size
-        h.update(f"{rel}\0{size}\0".encode())
-        with open(f, "rb") as fh:
-            h.update(fh.read(sample_bytes))
-            if size > sample_bytes:
-                fh.seek(max(sample_bytes, size - sample_bytes))
-                h.update(fh.read())
-    return h.hexdigest()
-
-
 def identity(model: str, family: str, kind: str, max_length: int | None) -> str:
     """Which teacher produced a score, as a JSON string stored with the scores: family, token
-    budget and the model's :func:`fingerprint`. A score is reused from an earlier iteration's file
+    budget and the model's :func:`runtime.model_fingerprint`. A score is reused from an earlier iteration's file
     only when this matches exactly."""
     path, family, max_length = _resolve(model, family, kind, max_length)
     return json.dumps({"kind": kind, "family": family, "max_length": max_length,
-                       "fingerprint": fingerprint(path)}, sort_keys=True)
+                       "fingerprint": runtime.model_fingerprint(path)}, sort_keys=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,27 +147,6 @@ STATE_FORMAT = 1
 _STATE_NAME = re.compile(r"^step-(\d+)$")
 
 
-def _file_digest(h, path: Path) -> None:
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-
-
-def checkpoint_digest(checkpoint: str) -> str:
-    """sha256 over the files of a checkpoint directory (names and contents); a hub id digests its name."""
-    h = hashlib.sha256()
-    path = Path(runtime.resolve_model(checkpoint))
-    if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(f.relative_to(path).as_posix().encode() + b"\0")
-            _file_digest(h, f)
-    elif path.is_file():
-        _file_digest(h, path)
-    else:
-        h.update(str(checkpoint).encode())
-    return h.hexdigest()
-
-
 def groups_digest(groups: list[Group], query_texts: dict[str, str]) -> str:
     """sha256 over every group (query and its text, positive, passages, teacher scores, pairs).
 
@@ -189,7 +167,7 @@ def groups_digest(groups: list[Group], query_texts: dict[str, str]) -> str:
 def run_fingerprint(checkpoint_in: str, hyper: dict, groups: list[Group], query_texts: dict[str, str]) -> dict:
     """What a resumable state must match to be resumed: the run's inputs and hyperparameters."""
     fp = {"format": STATE_FORMAT, "checkpoint_in": str(checkpoint_in),
-          "checkpoint_digest": checkpoint_digest(checkpoint_in),
+          "checkpoint_digest": runtime.model_fingerprint(runtime.resolve_model(checkpoint_in), sample_bytes=None),
           "groups_digest": groups_digest(groups, query_texts), "n_groups": len(groups),
           "hyperparameters": {k: hyper[k] for k in sorted(hyper)}}
     fp["digest"] = hashlib.sha256(json.dumps(fp, sort_keys=True, default=str).encode()).hexdigest()
@@ -219,25 +197,18 @@ def _fsync(path: Path) -> None:
 
 
 def save_state(state_dir: str | Path, step: int, payload: dict, meta: dict) -> Path:
-    """Write ``state_dir/step-<step>`` atomically (temporary directory + os.replace), then drop older states.
+    """Write ``state_dir/step-<step>`` atomically (:func:`io.atomic_path`, synced to disk before the
+    rename), then drop older states.
 
     A kill at any point leaves either the previous state or the new one complete and loadable.
     """
     state_dir = Path(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
     final = state_dir / f"step-{step:09d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=state_dir))
-    try:
+    with io.atomic_path(final, is_dir=True) as tmp:
         torch.save(payload, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         for f in (tmp / "state.pt", tmp / "meta.json", tmp):
             _fsync(f)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _fsync(state_dir)
     for _, old in _state_dirs(state_dir):
         if old != final:
