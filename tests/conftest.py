@@ -13,9 +13,7 @@ import pytest
 import torch
 
 from pairdistill.runtime import resolve_model
-
-TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                 intermediate_size=64, max_position_embeddings=512)
+from pairdistill.synthetic import TINY_BERT, tiny_classifier
 
 
 @pytest.fixture(scope="session")
@@ -30,11 +28,11 @@ def _minilm_tokenizer(minilm_dir: str):
     return AutoTokenizer.from_pretrained(minilm_dir)
 
 
-def _tiny_bert_config(tokenizer, **extra):
+def _tiny_bert_config(tokenizer):
     from transformers import BertConfig
 
     return BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                      **TINY_BERT, **extra)
+                      **TINY_BERT)
 
 
 @pytest.fixture(scope="session")
@@ -53,14 +51,7 @@ def tiny_bert_dir(tmp_path_factory, minilm_dir) -> str:
 @pytest.fixture(scope="session")
 def tiny_cross_encoder_dir(tmp_path_factory, minilm_dir) -> str:
     """A random tiny BertForSequenceClassification (1 label), like ms-marco-MiniLM-L-6-v2."""
-    from transformers import BertForSequenceClassification
-
-    out = tmp_path_factory.mktemp("tiny_cross_encoder")
-    tokenizer = _minilm_tokenizer(minilm_dir)
-    torch.manual_seed(0)
-    BertForSequenceClassification(_tiny_bert_config(tokenizer, num_labels=1)).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return tiny_classifier(tmp_path_factory.mktemp("tiny_cross_encoder"), _minilm_tokenizer(minilm_dir))
 
 
 def _t5_training_lines(n: int = 600, seed: int = 0) -> list[str]:

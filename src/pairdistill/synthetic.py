@@ -69,21 +69,29 @@ def write_topk(queries_path: str | Path, n_docs: int, out: str | Path, *, k: int
     return len(ids)
 
 
-def tiny_teachers(out_dir: str | Path, tokenizer_dir: str, seed: int = 0) -> dict[str, str]:
-    """A tiny random cross-encoder and a tiny random BERT pairwise classifier (hidden 32, 2 layers)
-    with the tokenizer of ``tokenizer_dir``; returns {"pointwise": dir, "pairwise": dir}."""
+# the tiny random BERT of the tests and benchmarks: real architecture, milliseconds per batch
+TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                 max_position_embeddings=512)
+
+
+def tiny_classifier(out_dir: str | Path, tokenizer, seed: int = 0) -> str:
+    """A tiny random BertForSequenceClassification with one label (the shape of a cross-encoder
+    like ms-marco-MiniLM-L-6-v2, or of a BERT pairwise classifier), saved with ``tokenizer``."""
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, num_labels=1, **TINY_BERT)
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def tiny_teachers(out_dir: str | Path, tokenizer_dir: str, seed: int = 0) -> dict[str, str]:
+    """A tiny random cross-encoder and a tiny random BERT pairwise classifier with the tokenizer of
+    ``tokenizer_dir``; returns {"pointwise": dir, "pairwise": dir}."""
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    made = {}
-    for kind in ("pointwise", "pairwise"):
-        path = Path(out_dir) / f"tiny-{kind}"
-        config = BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, hidden_size=32,
-                            num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                            max_position_embeddings=512, num_labels=1)
-        torch.manual_seed(seed)
-        BertForSequenceClassification(config).save_pretrained(path)
-        tokenizer.save_pretrained(path)
-        made[kind] = str(path)
-    return made
+    return {kind: tiny_classifier(Path(out_dir) / f"tiny-{kind}", tokenizer, seed)
+            for kind in ("pointwise", "pairwise")}
