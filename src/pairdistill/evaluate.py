@@ -11,20 +11,27 @@ import pandas as pd
 from . import io
 
 
-def metrics(run: pd.DataFrame, qrels: pd.DataFrame, measures: Sequence[str], *, system: str,
-            iteration: int | None, eval_set: str) -> pd.DataFrame:
-    """Mean of each measure over the judged queries (a query the run misses counts as 0)."""
+def per_query(run: pd.DataFrame, qrels: pd.DataFrame, measures: Sequence[str]) -> tuple[list[str], list[np.ndarray]]:
+    """Each measure's value for every judged query: the sorted judged query ids, and one array per
+    measure aligned with them (a query the run misses counts as 0)."""
     import ir_measures
 
     parsed = [ir_measures.parse_measure(m) for m in measures]
     qrels_in = qrels[["query_id", "doc_id", "relevance"]].copy()
     qrels_in["relevance"] = qrels_in["relevance"].astype(int)
     run_in = run[["query_id", "doc_id", "score"]].astype({"score": float})
-    per_query = {m: {} for m in parsed}
+    by_query = {m: {} for m in parsed}
     for row in ir_measures.iter_calc(parsed, qrels_in, run_in):
-        per_query[row.measure][row.query_id] = row.value
+        by_query[row.measure][row.query_id] = row.value
     judged = sorted(qrels_in["query_id"].unique())
-    values = [float(np.mean([per_query[m].get(q, 0.0) for q in judged])) for m in parsed]
+    return judged, [np.array([by_query[m].get(q, 0.0) for q in judged], dtype=float) for m in parsed]
+
+
+def metrics(run: pd.DataFrame, qrels: pd.DataFrame, measures: Sequence[str], *, system: str,
+            iteration: int | None, eval_set: str) -> pd.DataFrame:
+    """Mean of each measure over the judged queries (a query the run misses counts as 0)."""
+    _, values = per_query(run, qrels, measures)
+    values = [float(np.mean(v)) for v in values]
     return io.to_table(pd.DataFrame({"system": system, "iteration": iteration, "eval_set": eval_set,
                                      "measure": list(measures),
                                      "value": values}).astype({"iteration": "Int32"}), "metrics").to_pandas()
