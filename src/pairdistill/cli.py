@@ -186,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-scores", nargs="*", default=(),
                    help="gathered pointwise/pairwise files whose cache hit rates to report")
     p.add_argument("--cache-out", default=None)
+
+    p = sub.add_parser("ablation-table", help="each ablation variant against the full method: delta, paired t-test")
+    p.add_argument("--run", nargs=4, action="append", default=[], metavar=("VARIANT", "ITERATION", "SPLIT", "RUN"),
+                   help="an evaluation run (run.parquet) of a variant ('full': the full method); repeated")
+    p.add_argument("--measures", nargs="+", action="append", required=True, metavar=("SPLIT", "MEASURE"),
+                   help="a split and its measures; repeated for each split")
+    p.add_argument("--qrels", required=True)
+    p.add_argument("--dataset", required=True, help="names the evaluation sets: <dataset>/<split>")
+    p.add_argument("--out", required=True)
+    p.add_argument("--out-tsv", default=None)
     return ap
 
 
@@ -244,6 +254,10 @@ def run(a: argparse.Namespace):
     if s == "summary":
         stages.teacher_cache_report(a.teacher_scores, a.cache_out)
         return stages.summarize(a.metrics, a.out, a.out_tsv)
+    if s == "ablation-table":
+        from . import ablations
+
+        return ablations.write(a.run, a.qrels, {m[0]: m[1:] for m in a.measures}, a.dataset, a.out, a.out_tsv)
     if s == "benchmarks":
         from .benchmarks import report
 

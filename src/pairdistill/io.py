@@ -76,6 +76,10 @@ SCHEMAS: dict[str, pa.Schema] = {
     # ("scifact/test", "msmarco/dl19", "beir/cranfield/test")
     "metrics": _schema(("system", S), ("iteration", I32), ("eval_set", S), ("measure", S), ("value", F64),
                        nullable=("iteration",)),
+    # ablation-table: each variant against the full method at the same iteration; p_value is null
+    # for the full method itself and where a variant agrees with it on every query
+    "ablations": _schema(("variant", S), ("iteration", I32), ("eval_set", S), ("measure", S), ("value", F64),
+                         ("delta", F64), ("p_value", F64), ("n_queries", I32), nullable=("p_value",)),
 }
 
 

@@ -1,0 +1,193 @@
+"""Ablations (the paper's Tables 3 and 6): variants of the full method's training, and their table.
+
+A variant is declared in config ``ablations.variants`` as a name and the ``train`` settings it
+changes, nested (``{train: {lambda_pair: 0}}``) or dotted (``{train.lambda_pair: 0}``). Every
+variant trains on the full method's teacher scores of each round, so only training, indexing and
+evaluation run again for it; a setting upstream of training (retrieval, teachers, pairs, ...) would
+need its own teacher scores and is refused at start-up, as is an unknown key or a name that
+collides with another (or with ``full``, the name of the full method in the table).
+
+The table compares each variant with the full method at the same iteration, per evaluation split
+and measure: the mean over the judged queries, its difference to the full method, and the p-value
+of a paired t-test over the queries (``scipy.stats.ttest_rel``).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from . import evaluate, io
+
+FULL = "full"  # the full method's name in the table; no variant may take it
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+TRAINED = "train"  # the only config section a variant may change
+
+
+@lru_cache(maxsize=1)
+def _train_schema() -> dict:
+    schema = yaml.safe_load(Path(__file__).with_name("config.schema.yaml").read_text())
+    return {**schema["properties"]["train"], "definitions": schema["definitions"]}
+
+
+def normalise(name: str) -> str:
+    """Names that differ only in case or in ``_`` against ``-`` are one name (they would also be
+    one directory on a case-insensitive file system)."""
+    return name.lower().replace("_", "-")
+
+
+def _flatten(spec: dict, prefix: str) -> Iterable[tuple[str, object]]:
+    for key, value in spec.items():
+        path = f"{prefix}.{key}"
+        if isinstance(value, dict):
+            if not value:
+                raise ValueError(f"{path}: sets nothing")
+            yield from _flatten(value, path)
+        else:
+            yield path, value
+
+
+def _overrides(name: str, spec, config: dict) -> dict[str, object]:
+    """A variant's changes as {train key: value}; every other key is an error naming it."""
+    where = f"ablations.variants.{name}"
+    if not isinstance(spec, dict) or not spec:
+        raise ValueError(f"{where}: a variant sets at least one train.* setting, e.g. {{train: {{lambda_pair: 0}}}}")
+    changes: dict[str, object] = {}
+    for dotted, value in _flatten(spec, where):
+        key = dotted[len(where) + 1:]
+        section, _, rest = key.partition(".")
+        if section == TRAINED and rest in config[TRAINED]:
+            if rest in changes:
+                raise ValueError(f"{dotted}: set twice (nested and dotted)")
+            # Snakemake's --config reads nested values as text; no train setting is a string
+            changes[rest] = yaml.safe_load(value) if isinstance(value, str) else value
+        elif _known(config, key):
+            raise ValueError(f"{dotted}: only train.* settings can vary in an ablation "
+                             "(every variant reuses the full method's teacher scores and evaluation)")
+        else:
+            raise ValueError(f"{dotted}: unknown key (a variant sets train.* settings: "
+                             f"{', '.join(config[TRAINED])})")
+    return changes
+
+
+def _known(config: dict, key: str) -> bool:
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def variants(config: dict) -> dict[str, dict]:
+    """Every declared variant's complete train settings (the full method's, with its changes),
+    in declaration order. Raises ValueError with one line naming the offending key."""
+    import jsonschema
+
+    declared = (config.get("ablations") or {}).get("variants") or {}
+    seen = {FULL: FULL}
+    out = {}
+    for name, spec in declared.items():
+        name = str(name)
+        if not NAME.fullmatch(name):
+            raise ValueError(f"ablations.variants.{name}: a variant name is letters, digits, '.', '_' "
+                             "and '-', starting with a letter or digit")
+        other = seen.setdefault(normalise(name), name)
+        if other == FULL:
+            raise ValueError(f"ablations.variants.{name}: name collides with {FULL!r}, the full method's "
+                             "name in the table (the full method needs no variant)")
+        if other != name:
+            raise ValueError(f"ablations.variants.{name}: name collides with variant {other!r} "
+                             "(names are compared ignoring case and '_' against '-')")
+        settings = {**config[TRAINED], **_overrides(name, spec, config)}
+        try:
+            jsonschema.validate(settings, _train_schema())
+        except jsonschema.ValidationError as exc:
+            key = ".".join(map(str, exc.absolute_path))
+            raise ValueError(f"ablations.variants.{name}.train.{key}: {exc.message}") from None
+        out[name] = settings
+    return out
+
+
+def requested(config: dict, declared: dict[str, dict]) -> list[str]:
+    """The variants to run: ``ablations.run`` (in its order), or every declared one when unset."""
+    run = (config.get("ablations") or {}).get("run")
+    if run is None:
+        return list(declared)
+    for name in run:
+        if name not in declared:
+            raise ValueError(f"ablations.run: {name!r} is not a declared variant "
+                             f"(ablations.variants: {', '.join(declared) or 'none'})")
+    return list(dict.fromkeys(run))
+
+
+def train_flags(settings: dict) -> str:
+    """The ``train`` stage's flags for a complete set of train settings (``save_every`` aside: it is
+    how often a state is saved, passed as a resource)."""
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if k != "save_every")
+
+
+# --------------------------------------------------------------------------------------------
+
+def paired_p_value(values: np.ndarray, full: np.ndarray) -> float:
+    """Two-sided paired t-test over queries; NaN where the two agree on every query (no test)."""
+    from scipy import stats
+
+    if len(values) < 2 or np.array_equal(values, full):
+        return float("nan")
+    return float(stats.ttest_rel(values, full).pvalue)
+
+
+def table(runs: Sequence[tuple[str, int, str, pd.DataFrame]], qrels: pd.DataFrame,
+          measures: dict[str, Sequence[str]], eval_sets: dict[str, str]) -> pd.DataFrame:
+    """One row per (variant, iteration, evaluation split, measure).
+
+    ``runs`` holds (variant, iteration, split, run) with ``variant`` ``full`` for the full method,
+    which every other variant is compared with at the same iteration and split: ``delta`` is the
+    difference of the means, ``p_value`` the paired t-test over the split's judged queries (a
+    query missing from a run counts as 0, as in the metrics). ``qrels`` carries a ``split`` column;
+    ``measures`` and ``eval_sets`` are per split."""
+    per_query = {}
+    for variant, iteration, split, run in runs:
+        judged = qrels[qrels["split"] == split]
+        per_query[variant, iteration, split] = evaluate.per_query(run, judged, measures[split])[1]
+    rows = []
+    for variant, iteration, split, _ in runs:
+        key = (FULL, iteration, split)
+        if key not in per_query:
+            raise ValueError(f"no run of the full method at iteration {iteration} on split {split!r}")
+        for measure, values, full in zip(measures[split], per_query[variant, iteration, split], per_query[key]):
+            rows.append({"variant": variant, "iteration": iteration, "eval_set": eval_sets[split],
+                         "measure": measure, "value": float(np.mean(values)) if len(values) else float("nan"),
+                         "delta": float(np.mean(values) - np.mean(full)) if len(values) else float("nan"),
+                         "p_value": float("nan") if variant == FULL else paired_p_value(values, full),
+                         "n_queries": len(values)})
+    frame = pd.DataFrame(rows, columns=io.SCHEMAS["ablations"].names)
+    order = {v: i for i, v in enumerate(dict.fromkeys([FULL, *(r[0] for r in runs)]))}
+    frame = frame.sort_values(["iteration", "eval_set"], kind="stable")
+    frame = frame.sort_values("variant", key=lambda s: s.map(order), kind="stable")
+    return io.to_table(frame.astype({"iteration": "int32", "n_queries": "int32"}), "ablations").to_pandas()
+
+
+def write(runs: Sequence[tuple[str, int, str, str]], qrels_path: str, measures: dict[str, Sequence[str]],
+          dataset: str, out: str, out_tsv: str | None = None) -> pd.DataFrame:
+    """The ``ablation-table`` stage: read each (variant, iteration, split, run file), write the table
+    as Parquet (and TSV), and print it."""
+    loaded = [(v, int(n), s, io.read_table(p, "run")) for v, n, s, p in runs]
+    splits = sorted({s for _, _, s, _ in runs})
+    result = table(loaded, io.read_table(qrels_path, "qrels"), measures, {s: f"{dataset}/{s}" for s in splits})
+    io.write_table(result, "ablations", out)
+    if out_tsv:
+        text = result.assign(value=result["value"].map("{:.4f}".format),
+                             delta=result["delta"].map("{:+.4f}".format),
+                             p_value=result["p_value"].map(lambda p: "" if np.isnan(p) else f"{p:.3g}"))
+        with io.atomic_path(out_tsv) as tmp:
+            text.to_csv(tmp, sep="\t", index=False)
+    print(result.to_string(index=False, float_format=lambda v: f"{v:.4f}"), flush=True)
+    return result
