@@ -1,6 +1,7 @@
 # PairDistill as a DAG. A table of contents: the rules live in rules/, the code in src/pairdistill/.
 #   snakemake --cores 2                       # the embedded default (config.yaml)
 #   snakemake --cores 2 --config iteration=3  # one more round; only its jobs run
+#   snakemake --cores 2 ablations             # the ablation variants and their table (not in `all`)
 import os
 
 from snakemake.utils import min_version
@@ -17,6 +18,7 @@ include: "rules/retriever.smk"
 include: "rules/teachers.smk"
 include: "rules/distill.smk"
 include: "rules/evaluate.smk"
+include: "rules/ablations.smk"
 
 
 rule all:

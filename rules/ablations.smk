@@ -1,0 +1,144 @@
+# Ablations (the paper's Tables 3 and 6), a target of their own: `snakemake ablations`. Each variant
+# of config `ablations.variants` changes only train.* settings, so it trains on the full method's
+# teacher scores of every round (iteration 0 is shared) and only training, indexing and evaluation
+# run for it, under results/ablations/<variant>/. One table compares them all with the full method.
+import re
+import shlex
+
+from pairdistill import ablations as ablation_settings  # noqa: E402  (src/ is on the path: common.smk)
+
+try:  # an unknown key, a key upstream of training, a colliding name: one line naming it
+    VARIANTS = ablation_settings.variants(config)  # name -> the variant's complete train settings
+    ABLATIONS = ablation_settings.requested(config, VARIANTS)
+except ValueError as exc:
+    raise WorkflowError(str(exc)) from None
+
+
+wildcard_constraints:
+    variant="|".join(re.escape(v) for v in VARIANTS) or "(?!)",
+
+
+def ablation_dir(variant, it):
+    return f"results/ablations/{variant}/iter-{it}"
+
+
+def ablation_ckpt(variant, it):
+    """Round {it}-1's checkpoint of a variant: iteration 0's is the full method's, shared."""
+    return ckpt(0) if int(it) == 0 else f"{ablation_dir(variant, it)}/checkpoint"
+
+
+def ablation_runs():
+    """(variant, iteration, split, run file) of every requested variant, the full method first."""
+    return [(v, n, split, f"results/iter-{n}/eval/{split}/run.parquet" if v == "full"
+             else f"{ablation_dir(v, n)}/eval/{split}/run.parquet")
+            for v in ["full", *ABLATIONS] for n in range(1, ITERATION + 1) for split in EVAL_SPLITS]
+
+
+rule ablation_train:
+    """Variant {variant}, round {it}: its checkpoint {it}-1 trained on the full method's round-{it}
+    teacher scores with the variant's train settings (the full method's `train` stage and flags)."""
+    input:
+        checkpoint=lambda w: ablation_ckpt(w.variant, int(w.it) - 1),
+        corpus=CORPUS,
+        queries=QUERIES,
+        qrels=QRELS,
+        pointwise="results/iter-{it}/pointwise.parquet",
+        pairwise="results/iter-{it}/pairwise.parquet",
+    output:
+        checkpoint=directory("results/ablations/{variant}/iter-{it}/checkpoint"),
+        loss="results/ablations/{variant}/iter-{it}/train_loss.parquet",
+    wildcard_constraints:
+        it=r"[1-9]\d*",
+    params:
+        split=config["train_split"],
+        t=lambda w: ablation_settings.train_flags(VARIANTS[w.variant]),
+        student=config["student"],
+        seed=config["seed"],
+    log:
+        "logs/ablations/{variant}/train/iter-{it}.log",
+    benchmark:
+        "benchmarks/ablations/{variant}/train/iter-{it}.tsv"
+    threads: THREADS
+    resources:
+        **resources_of("train"),
+        save_every=lambda w: VARIANTS[w.variant]["save_every"],
+    shell:
+        PD + " train --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --queries {input.queries:q}"
+        " --qrels {input.qrels:q} --pointwise {input.pointwise:q} --pairwise {input.pairwise:q}"
+        " --out {output.checkpoint:q} --loss-out {output.loss:q} --split {params.split} {params.t}"
+        " --state-dir results/ablations/{wildcards.variant}/iter-{wildcards.it}/train_state"
+        " --save-every {resources.save_every}"
+        " --query-maxlen {params.student[query_maxlen]} --doc-maxlen {params.student[doc_maxlen]}"
+        " --seed {params.seed} > {log} 2>&1"
+
+
+use rule index as ablation_index with:
+    input:
+        checkpoint="results/ablations/{variant}/iter-{it}/checkpoint",
+        corpus=CORPUS,
+    output:
+        directory("results/ablations/{variant}/iter-{it}/index"),
+    log:
+        "logs/ablations/{variant}/index/iter-{it}.log",
+    benchmark:
+        "benchmarks/ablations/{variant}/index/iter-{it}.tsv"
+
+
+rule ablation_evaluate:
+    input:
+        checkpoint="results/ablations/{variant}/iter-{it}/checkpoint",
+        index="results/ablations/{variant}/iter-{it}/index",
+        queries=QUERIES,
+        qrels=QRELS,
+    output:
+        run="results/ablations/{variant}/iter-{it}/eval/{split}/run.parquet",
+        trec="results/ablations/{variant}/iter-{it}/eval/{split}/run.trec",
+        metrics="results/ablations/{variant}/iter-{it}/eval/{split}/metrics.parquet",
+    params:
+        k=config["evaluate"]["k"],
+        measures=lambda w: measures(w.split),
+        search=search_flags("evaluate"),
+        eval_set=lambda w: f"{config['dataset']}/{w.split}",
+    log:
+        "logs/ablations/{variant}/evaluate/iter-{it}/{split}.log",
+    benchmark:
+        "benchmarks/ablations/{variant}/evaluate/iter-{it}/{split}.tsv"
+    threads: THREADS
+    resources:
+        **resources_of("evaluate"),
+    shell:
+        PD + " evaluate --checkpoint {input.checkpoint:q} --index {input.index:q} --queries {input.queries:q}"
+        " --qrels {input.qrels:q} --out-dir results/ablations/{wildcards.variant}/iter-{wildcards.it}/eval/{wildcards.split}"
+        " --split {wildcards.split} --k {params.k} --measures {params.measures:q} --iteration {wildcards.it}"
+        " --eval-set {params.eval_set:q} {params.search} > {log} 2>&1"
+
+
+rule ablation_table:
+    """Every requested variant against the full method, per iteration, split and measure: the
+    difference of the means and a paired t-test over the queries."""
+    input:
+        runs=[run for *_, run in ablation_runs()],
+        qrels=QRELS,
+    output:
+        parquet="results/ablations.parquet",
+        tsv="results/ablations.tsv",
+    params:
+        runs=" ".join(shlex.join(["--run", v, str(n), split, run]) for v, n, split, run in ablation_runs()),
+        measures=" ".join(shlex.join(["--measures", split, *measures(split)]) for split in EVAL_SPLITS),
+        dataset=config["dataset"],
+    log:
+        "logs/ablations/table.log",
+    benchmark:
+        "benchmarks/ablations/table.tsv"
+    threads: 1
+    resources:
+        **resources_of("summary"),
+    shell:
+        PD + " ablation-table {params.runs} {params.measures} --qrels {input.qrels:q} --dataset {params.dataset:q}"
+        " --out {output.parquet:q} --out-tsv {output.tsv:q} > {log} 2>&1"
+
+
+rule ablations:
+    """Target: the ablation table (not part of `all`)."""
+    input:
+        "results/ablations.parquet",

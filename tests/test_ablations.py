@@ -1,0 +1,280 @@
+"""Ablations: the table on hand-made runs (means, deltas and paired t-tests by hand), the variants'
+start-up checks, and the plans of `snakemake ablations` (only training, indexing and evaluation
+of each variant once the full run exists)."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from pairdistill import ablations, evaluate, io
+from workflow import DATA_DIR, REPO, dry_run, snakemake, write_config
+
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def _run(rows):
+    return pd.DataFrame(rows, columns=["query_id", "doc_id", "rank", "score"]).astype(
+        {"rank": "int32", "score": "float32"})
+
+
+# q3 is judged but missing from the full method's run: it counts as 0; q9 is another split's
+QRELS = pd.DataFrame({"split": ["test"] * 3 + ["train"], "query_id": ["q1", "q2", "q3", "q9"],
+                      "doc_id": ["a", "x", "m", "a"], "relevance": [1, 1, 1, 1]}).astype({"relevance": "int32"})
+FULL_1 = _run([("q1", "a", 1, 3.0), ("q1", "b", 2, 2.0), ("q2", "y", 1, 2.0), ("q2", "x", 2, 1.0)])
+FULL_2 = _run([("q1", "a", 1, 3.0), ("q2", "x", 1, 2.0), ("q3", "m", 1, 1.0)])
+NO_PAIR_1 = _run([("q1", "b", 1, 3.0), ("q1", "a", 2, 2.0), ("q2", "x", 1, 2.0), ("q3", "z", 1, 3.0),
+                  ("q3", "w", 2, 2.0), ("q3", "m", 3, 1.0)])
+MEASURES = {"test": ["RR@10", "R@1"]}
+
+
+def _table(runs):
+    return ablations.table(runs, QRELS, MEASURES, {"test": "toy/test"})
+
+
+def test_table_by_hand():
+    runs = [("full", 1, "test", FULL_1), ("full", 2, "test", FULL_2),
+            ("no-pair", 1, "test", NO_PAIR_1), ("no-pair", 2, "test", FULL_2)]
+    t = _table(runs)
+    assert list(t.columns) == ["variant", "iteration", "eval_set", "measure", "value", "delta", "p_value",
+                               "n_queries"]
+    assert list(zip(t["variant"], t["iteration"], t["measure"])) == [
+        ("full", 1, "RR@10"), ("full", 1, "R@1"), ("full", 2, "RR@10"), ("full", 2, "R@1"),
+        ("no-pair", 1, "RR@10"), ("no-pair", 1, "R@1"), ("no-pair", 2, "RR@10"), ("no-pair", 2, "R@1")]
+    assert (t["eval_set"] == "toy/test").all() and (t["n_queries"] == 3).all()
+    row = t.set_index(["variant", "iteration", "measure"])
+    # per query (q1, q2, q3): full at iteration 1 RR [1, 1/2, 0], R@1 [1, 0, 0]; no-pair RR [1/2, 1, 1/3], R@1 [0, 1, 0]
+    full_rr, variant_rr = np.array([1, 0.5, 0]), np.array([0.5, 1, 1 / 3])
+    assert row.loc[("full", 1, "RR@10"), "value"] == pytest.approx(0.5)
+    assert row.loc[("no-pair", 1, "RR@10"), "value"] == pytest.approx((0.5 + 1 + 1 / 3) / 3)
+    assert row.loc[("no-pair", 1, "RR@10"), "delta"] == pytest.approx((0.5 + 1 + 1 / 3) / 3 - 0.5)
+    assert row.loc[("no-pair", 1, "RR@10"), "p_value"] == pytest.approx(stats.ttest_rel(variant_rr, full_rr).pvalue)
+    # differences (-1, 1, 0): mean 0, so t = 0 and p = 1
+    assert row.loc[("no-pair", 1, "R@1"), "delta"] == pytest.approx(0.0)
+    assert row.loc[("no-pair", 1, "R@1"), "p_value"] == pytest.approx(1.0)
+    # the full method itself, and a variant equal to it on every query: no difference, no test
+    for key in [("full", 1, "RR@10"), ("full", 2, "R@1"), ("no-pair", 2, "RR@10"), ("no-pair", 2, "R@1")]:
+        assert row.loc[key, "delta"] == 0.0 and math.isnan(row.loc[key, "p_value"]), key
+    assert row.loc[("full", 2, "RR@10"), "value"] == pytest.approx(1.0)
+
+
+def test_table_full_rows_match_the_metrics():
+    t = _table([("full", 1, "test", FULL_1)])
+    metrics = evaluate.metrics(FULL_1, QRELS[QRELS["split"] == "test"], MEASURES["test"], system="s",
+                               iteration=1, eval_set="toy/test")
+    assert t["value"].tolist() == metrics["value"].tolist()
+
+
+def test_paired_t_test_by_hand():
+    values, full = np.array([0.5, 1.0, 1 / 3, 0.2]), np.array([1.0, 0.5, 0.0, 0.2])
+    d = values - full
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
+    assert ablations.paired_p_value(values, full) == pytest.approx(2 * stats.t.sf(abs(t), df=len(d) - 1))
+    assert math.isnan(ablations.paired_p_value(full, full))
+
+
+def test_table_needs_the_full_method_at_each_iteration():
+    with pytest.raises(ValueError, match="full method at iteration 2"):
+        _table([("full", 1, "test", FULL_1), ("no-pair", 2, "test", FULL_2)])
+
+
+def test_stage_writes_parquet_and_tsv(tmp_path):
+    from pairdistill.cli import main
+
+    paths = {}
+    for name, run in {"full": FULL_1, "no-kd": NO_PAIR_1}.items():
+        paths[name] = tmp_path / name / "run.parquet"
+        io.write_table(run, "run", paths[name])
+    io.write_table(QRELS, "qrels", tmp_path / "qrels.parquet")
+    out = tmp_path / "ablations.parquet"
+    assert main(["ablation-table", "--run", "full", "1", "test", str(paths["full"]),
+                 "--run", "no-kd", "1", "test", str(paths["no-kd"]), "--measures", "test", "RR@10", "R@1",
+                 "--qrels", str(tmp_path / "qrels.parquet"), "--dataset", "toy", "--out", str(out),
+                 "--out-tsv", str(tmp_path / "ablations.tsv")]) == 0
+    table = io.read_table(out, "ablations")
+    assert table["variant"].tolist() == ["full", "full", "no-kd", "no-kd"]
+    assert (table["eval_set"] == "toy/test").all()
+    tsv = pd.read_csv(tmp_path / "ablations.tsv", sep="\t")
+    assert list(tsv.columns) == list(table.columns) and len(tsv) == 4
+    assert tsv["p_value"].isna().sum() == 2  # the full method's rows: empty
+
+
+# --------------------------------------------------------------------------------------------
+# variants in config
+
+def _config(variants, run=None):
+    return {**CONFIG, "ablations": {"variants": variants, "run": run}}
+
+
+def test_default_variants_are_the_papers():
+    variants = ablations.variants(CONFIG)
+    assert list(variants) == ["no-pair", "no-kd", "labels-only", "pair-0.5", "pair-1", "pair-5"]
+    assert (variants["labels-only"]["lambda_kd"], variants["labels-only"]["lambda_pair"]) == (0, 0)
+    assert variants["pair-0.5"]["lambda_pair"] == 0.5
+    assert {k: v for k, v in variants["no-kd"].items() if k != "lambda_kd"} == {
+        k: v for k, v in CONFIG["train"].items() if k != "lambda_kd"}
+    assert CONFIG["train"]["lambda_pair"] == 3  # the paper's lambda_pair 3 is the full method
+    assert ablations.requested(CONFIG, variants) == list(variants)
+
+
+def test_dotted_and_nested_keys_are_one_setting():
+    variants = ablations.variants(_config({"a": {"train.lambda_pair": 1, "train": {"lr": 1e-4}}}))
+    assert (variants["a"]["lambda_pair"], variants["a"]["lr"]) == (1, 1e-4)
+    with pytest.raises(ValueError, match=r"^ablations\.variants\.a\.train\.lambda_pair: set twice"):
+        ablations.variants(_config({"a": {"train.lambda_pair": 1, "train": {"lambda_pair": 2}}}))
+
+
+@pytest.mark.parametrize("variants, message", [
+    ({"typo": {"train": {"lamda_pair": 0}}}, "ablations.variants.typo.train.lamda_pair: unknown key"),
+    ({"flat": {"lambda_pair": 0}}, "ablations.variants.flat.lambda_pair: unknown key"),
+    ({"k": {"retrieve": {"top_k": 8}}}, "ablations.variants.k.retrieve.top_k: only train.* settings can vary"),
+    ({"t": {"teachers.pairwise.model": "x"}}, "ablations.variants.t.teachers.pairwise.model: only train.*"),
+    ({"Full": {"train": {"lambda_pair": 0}}}, "ablations.variants.Full: name collides with 'full'"),
+    ({"no-pair": {"train": {"lambda_pair": 0}}, "No_Pair": {"train": {"lambda_pair": 1}}},
+     "ablations.variants.No_Pair: name collides with variant 'no-pair'"),
+    ({"a/b": {"train": {"lambda_pair": 0}}}, "ablations.variants.a/b: a variant name is"),
+    ({"neg": {"train": {"lambda_pair": -1}}}, "ablations.variants.neg.train.lambda_pair: -1 is less than the minimum"),
+    ({"empty": {}}, "ablations.variants.empty: a variant sets at least one"),
+])
+def test_bad_variants_are_one_line_naming_the_key(variants, message):
+    with pytest.raises(ValueError) as err:
+        ablations.variants(_config(variants))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_run_picks_declared_variants():
+    config = _config({"a": {"train": {"lambda_pair": 0}}, "b": {"train": {"lambda_kd": 0}}}, run=["b"])
+    assert ablations.requested(config, ablations.variants(config)) == ["b"]
+    config["ablations"]["run"] = ["c"]
+    with pytest.raises(ValueError, match=r"^ablations\.run: 'c' is not a declared variant"):
+        ablations.requested(config, ablations.variants(config))
+
+
+def test_train_flags_are_the_train_stage_flags():
+    from pairdistill.cli import build_parser
+
+    settings = ablations.variants(CONFIG)["labels-only"]
+    args = build_parser().parse_args(
+        ["train", *"--checkpoint c --corpus c --queries q --qrels r --pointwise p --pairwise p --out o "
+                   "--loss-out l --split s --query-maxlen 8 --doc-maxlen 8".split(),
+         *ablations.train_flags(settings).split()])
+    for key, value in settings.items():
+        if key != "save_every":
+            assert getattr(args, key) == value, key
+
+
+# --------------------------------------------------------------------------------------------
+# the workflow: start-up errors and plans
+
+@pytest.mark.parametrize("variants, message", [
+    ({"typo": {"train": {"lamda_pair": 0}}}, "ablations.variants.typo.train.lamda_pair: unknown key"),
+    ({"k": {"retrieve": {"top_k": 8}}}, "ablations.variants.k.retrieve.top_k: only train.* settings can vary"),
+    ({"FULL": {"train": {"lambda_kd": 0}}}, "ablations.variants.FULL: name collides with 'full'"),
+])
+def test_workflow_stops_at_start_up(tmp_path, variants, message):
+    cfg = write_config(tmp_path / "overlay.yaml", {"data_dir": str(DATA_DIR), "ablations": {"variants": variants}})
+    proc = snakemake(tmp_path, "-n", configfiles=(cfg,), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert [line for line in out.splitlines() if line.startswith(message)], out[-2000:]
+
+
+def _materialise(workdir: Path, jobs) -> None:
+    """Stand-ins for a job list's outputs (directories where the name has no suffix)."""
+    for _, outputs in jobs:
+        for out in outputs:
+            path = workdir / out
+            if path.suffix:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+            else:
+                path.mkdir(parents=True, exist_ok=True)
+
+
+TWO = "ablations={run: [labels-only, no-pair]}"
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """A workdir where the full method's run (`all`) looks complete: stand-in outputs, then
+    `snakemake --touch --forceall` records them (params, code, inputs) as a real run would."""
+    workdir = tmp_path_factory.mktemp("ablations")
+    cfg = write_config(workdir / "overlay.yaml", {"data_dir": str(DATA_DIR)})
+    full = dry_run(workdir, configfiles=(cfg,))
+    assert not [rule for rule, _ in full if rule.startswith("ablation")]  # not part of `all`
+    _materialise(workdir, full)
+    snakemake(workdir, "--touch", "--forceall", configfiles=(cfg,))
+    return workdir, cfg, full
+
+
+def test_ablations_plan_only_training_indexing_and_evaluation(done):
+    workdir, cfg, _ = done
+    jobs = dry_run(workdir, "ablations", "--config", TWO, configfiles=(cfg,))
+    assert Counter(rule for rule, _ in jobs) == {"ablation_train": 4, "ablation_index": 4,
+                                                 "ablation_evaluate": 4, "ablation_table": 1}
+    outputs = {out for _, outs in jobs for out in outs}
+    for variant in ("labels-only", "no-pair"):
+        for n in (1, 2):
+            assert f"results/ablations/{variant}/iter-{n}/checkpoint" in outputs
+            assert f"results/ablations/{variant}/iter-{n}/index" in outputs
+            assert f"results/ablations/{variant}/iter-{n}/eval/test/run.parquet" in outputs
+    assert "results/ablations.parquet" in outputs and "results/ablations.tsv" in outputs
+
+
+def test_variant_trains_on_the_full_methods_teacher_scores(done):
+    workdir, cfg, _ = done
+    proc = snakemake(workdir, "-n", "-p", "ablations", "--config", "ablations={run: [no-kd]}", configfiles=(cfg,))
+    trains = sorted(line for line in proc.stdout.splitlines() if " train --checkpoint" in line)
+    assert len(trains) == 2
+    for cmd in trains:
+        out = cmd.split("--out ")[1].split()[0]
+        n = int(out.split("iter-")[1].split("/")[0])
+        start = "results/iter-0/checkpoint" if n == 1 else f"results/ablations/no-kd/iter-{n - 1}/checkpoint"
+        assert out == f"results/ablations/no-kd/iter-{n}/checkpoint"
+        assert f"--checkpoint {start} " in cmd
+        assert f"--pointwise results/iter-{n}/pointwise.parquet --pairwise results/iter-{n}/pairwise.parquet" in cmd
+        assert "--lambda-kd 0 " in cmd and "--lambda-pair 3.0 " in cmd
+        assert f"--state-dir results/ablations/no-kd/iter-{n}/train_state " in cmd
+
+
+def test_rerun_plans(done):
+    workdir, cfg, _ = done
+    run = "ablations={run: [pair-1, pair-5]}"  # other variants than the tests above plan
+    jobs = dry_run(workdir, "ablations", "--config", run, configfiles=(cfg,))
+    _materialise(workdir, jobs)
+    snakemake(workdir, "--touch", "--forceall", "ablations", "--config", run, configfiles=(cfg,))
+    assert dry_run(workdir, "ablations", "--config", run, configfiles=(cfg,)) == []
+    # one variant's setting changed: that variant's jobs and the table, nothing else
+    changed = dry_run(workdir, "ablations", "--config",
+                      "ablations={run: [pair-1, pair-5], variants: {pair-5: {train: {lr: 0.0001}}}}",
+                      configfiles=(cfg,))
+    assert Counter(rule for rule, _ in changed) == {"ablation_train": 2, "ablation_index": 2,
+                                                    "ablation_evaluate": 2, "ablation_table": 1}
+    assert all("/pair-5/" in outs[0] for rule, outs in changed if rule != "ablation_table")
+    # a setting upstream of training reruns what it feeds: the full method from pair sampling on,
+    # and every variant's training after it
+    pairs = write_config(workdir / "pairs.yaml", {"pairs": {"per_query": 5}})
+    upstream = Counter(rule for rule, _ in dry_run(workdir, "ablations", "--config", run, configfiles=(cfg, pairs)))
+    assert upstream["sample_pairs"] == 2 and upstream["train"] == 2 and upstream["ablation_train"] == 4
+    assert upstream["ablation_index"] == 4 and upstream["ablation_evaluate"] == 4
+    assert not {"prepare", "init_checkpoint", "fit_teacher", "mine_negatives"} & set(upstream)
+
+
+def test_paper_config_ablations_evaluate_every_split(tmp_path):
+    from test_paper_config import PAPER, make_standins
+
+    overlay = write_config(tmp_path / "overlay.yaml", {"data_dir": str(make_standins(tmp_path / "data")),
+                                                       "ablations": {"run": ["no-pair"]}})
+    proc = snakemake(tmp_path, "-n", "-p", "ablations", configfiles=(PAPER, overlay))
+    counts = Counter(rule for rule, _ in dry_run(tmp_path, "ablations", configfiles=(PAPER, overlay)))
+    assert (counts["ablation_train"], counts["ablation_index"], counts["ablation_evaluate"]) == (2, 2, 2 * 3)
+    table = next(line for line in proc.stdout.splitlines() if " ablation-table " in line)
+    assert "--measures dev RR@10 R@1000 --measures dl19 nDCG@10 --measures dl20 nDCG@10" in table
+    assert "--run no-pair 2 dl20 results/ablations/no-pair/iter-2/eval/dl20/run.parquet" in table
