@@ -105,6 +105,53 @@ def teacher_fitted(kind):
     return config["teachers"][kind]["model"] == FIT
 
 
+FIT_METHODS = {"pointwise": ("cross-encoder", "fusion"), "pairwise": ("bert-pairwise", "fusion-pairwise")}
+FAMILIES = {"pointwise": ("auto", "cross-encoder", "monot5", "fusion"),
+            "pairwise": ("auto", "bert-pairwise", "duot5", "fusion-pairwise")}
+FUSION_DEFAULTS = {"heldout": 0.25, "candidates": 100, "scale": 20.0, "depth": 30}
+PLAIN_FUSION = "results/teachers/plain_fusion/model"
+
+
+def fit_method(kind):
+    return config["teachers"][kind]["fit"].get("method", FIT_METHODS[kind][0])
+
+
+def kinds_fitted_as(*methods):
+    """A wildcard pattern of the teacher kinds whose `model: fit` is one of ``methods``."""
+    kinds = [k for k in ("pointwise", "pairwise") if fit_method(k) in methods]
+    return "|".join(kinds) if kinds else "(?!)"
+
+
+def fusion_fitted():
+    return teacher_fitted("pointwise") and fit_method("pointwise") == "fusion"
+
+
+def fusion_settings(kind):
+    return {**FUSION_DEFAULTS, **{k: v for k, v in config["teachers"][kind]["fit"].items() if k in FUSION_DEFAULTS}}
+
+
+def check_teachers():
+    """One line naming the key when a teacher setting cannot score its kind."""
+    for kind, other in (("pointwise", "pairwise"), ("pairwise", "pointwise")):
+        t = config["teachers"][kind]
+        if t["family"] not in FAMILIES[kind]:
+            what = f"a {other} family" if t["family"] in FAMILIES[other] else "unknown"
+            raise WorkflowError(f"teachers.{kind}.family: {t['family']!r} cannot score {kind} ({what}); "
+                                f"expected one of {', '.join(FAMILIES[kind])}")
+        method = t["fit"].get("method", FIT_METHODS[kind][0])
+        if method not in FIT_METHODS[kind]:
+            what = f"fits a {other} teacher" if method in FIT_METHODS[other] else "unknown"
+            raise WorkflowError(f"teachers.{kind}.fit.method: {method!r} cannot fit a {kind} teacher ({what}); "
+                                f"expected one of {', '.join(FIT_METHODS[kind])}")
+    pw = config["teachers"]["pairwise"]
+    if pw["model"] == FIT and fit_method("pairwise") == "fusion-pairwise" and not fusion_fitted():
+        raise WorkflowError("teachers.pairwise.fit.method: fusion-pairwise builds on the fusion pointwise teacher; "
+                            "set teachers.pointwise.model: fit and teachers.pointwise.fit.method: fusion")
+
+
+check_teachers()
+
+
 def teacher_model(kind):
     """What the scoring job loads: the fitted teacher's directory, or the configured model."""
     return f"results/teachers/{kind}/model" if teacher_fitted(kind) else config["teachers"][kind]["model"]
@@ -137,6 +184,11 @@ def teacher_rerank_enabled():
     return config["evaluate"]["teacher_rerank"]["enabled"]
 
 
+def pair_accuracy_depth():
+    """List depth of Table 5's judged pairs: the training top-k unless set."""
+    return config["evaluate"]["teacher_rerank"].get("pair_accuracy_depth") or config["retrieve"]["top_k"]
+
+
 def measures(split):
     return config["evaluate"]["measures_by_split"].get(split, config["evaluate"]["measures"])
 
@@ -155,6 +207,9 @@ def metric_files():
     files += [f"results/iter-{n}/beir/{d}/eval/metrics.parquet" for n in range(ITERATION + 1) for d in BEIR["datasets"]]
     if teacher_rerank_enabled():
         files += [f"results/teachers/{kind}/rerank/metrics.parquet" for kind in ("pointwise", "pairwise")]
+        files += ["results/teachers/pair_accuracy/metrics.parquet"]
+        if fusion_fitted():
+            files += ["results/teachers/plain_fusion/rerank/metrics.parquet", "results/baselines/metrics.parquet"]
     return files
 
 

@@ -116,3 +116,101 @@ rule summary:
     shell:
         PD + " summary --metrics {input.metrics:q} --out {output.parquet:q} --out-tsv {output.tsv:q}"
         " --teacher-scores {input.teacher_scores:q} --cache-out {output.cache:q} > {log} 2>&1"
+
+
+rule rerank_plain_fusion:
+    """The plain BM25 + bi-encoder fusion reranking the same top-k as the pointwise teacher: what
+    the fitted parts of the fusion teacher must add to."""
+    input:
+        run=rerank_source("pointwise"),
+        corpus=CORPUS,
+        queries=QUERIES,
+        qrels=QRELS,
+        teacher=PLAIN_FUSION,
+    output:
+        run="results/teachers/plain_fusion/rerank/run.parquet",
+        trec="results/teachers/plain_fusion/rerank/run.trec",
+        metrics="results/teachers/plain_fusion/rerank/metrics.parquet",
+    params:
+        split=EVAL_SPLITS[0],
+        depth=config["evaluate"]["teacher_rerank"]["pointwise_depth"],
+        measures=config["evaluate"]["measures"],
+        batch_size=config["teachers"]["pointwise"]["batch_size"],
+        eval_set=f"{config['dataset']}/{EVAL_SPLITS[0]}",
+    log:
+        "logs/rerank_teacher/plain_fusion.log",
+    benchmark:
+        "benchmarks/rerank_teacher/plain_fusion.tsv"
+    threads: THREADS
+    resources:
+        **resources_of("rerank_teacher"),
+    shell:
+        PD + " rerank-pointwise --run {input.run:q} --corpus {input.corpus:q} --queries {input.queries:q}"
+        " --qrels {input.qrels:q} --out-dir results/teachers/plain_fusion/rerank --split {params.split}"
+        " --depth {params.depth} --measures {params.measures:q} --model {input.teacher:q} --family fusion"
+        " --max-length 0 --batch-size {params.batch_size} --eval-set {params.eval_set:q}"
+        " --system 'plain BM25 + bi-encoder fusion (top-{params.depth} of iteration 0)' > {log} 2>&1"
+
+
+rule pair_accuracy:
+    """Table 5's pair accuracy: the student (iteration 0), the pointwise and the pairwise teacher
+    on the same judged pairs of the pointwise teacher's reranked top-k."""
+    input:
+        student=f"results/iter-0/eval/{EVAL_SPLITS[0]}/run.parquet",
+        pointwise="results/teachers/pointwise/rerank/run.parquet",
+        corpus=CORPUS,
+        queries=QUERIES,
+        qrels=QRELS,
+        teacher=teacher_input("pairwise"),
+    output:
+        pairs="results/teachers/pair_accuracy/pairs.parquet",
+        metrics="results/teachers/pair_accuracy/metrics.parquet",
+    params:
+        split=EVAL_SPLITS[0],
+        depth=pair_accuracy_depth(),
+        delta=config["pairs"]["delta"],
+        model=teacher_model("pairwise"),
+        t=teacher_settings("pairwise", "family", "max_length", "batch_size"),
+        eval_set=f"{config['dataset']}/{EVAL_SPLITS[0]}",
+        point_system=f"pointwise teacher (top-{config['evaluate']['teacher_rerank']['pointwise_depth']} of iteration 0)",
+        pair_system=f"pairwise teacher (top-{config['evaluate']['teacher_rerank']['pairwise_depth']} of the pointwise teacher)",
+    log:
+        "logs/pair_accuracy/pair_accuracy.log",
+    benchmark:
+        "benchmarks/pair_accuracy/pair_accuracy.tsv"
+    threads: THREADS
+    resources:
+        **resources_of("rerank_teacher"),
+    shell:
+        PD + " pair-accuracy --student-run {input.student:q} --pointwise-run {input.pointwise:q}"
+        " --corpus {input.corpus:q} --queries {input.queries:q} --qrels {input.qrels:q} --out {output.pairs:q}"
+        " --metrics-out {output.metrics:q} --split {params.split} --depth {params.depth} --delta {params.delta}"
+        " --model {params.model:q} --family {params.t[family]} --max-length {params.t[max_length]}"
+        " --batch-size {params.t[batch_size]} --eval-set {params.eval_set:q}"
+        " --pointwise-system {params.point_system:q} --pairwise-system {params.pair_system:q} > {log} 2>&1"
+
+
+rule corpus_baselines:
+    """BM25, the bi-encoder and the fusion teacher as first-stage rankers over the whole corpus."""
+    input:
+        teacher="results/teachers/pointwise/model",
+        queries=QUERIES,
+        qrels=QRELS,
+    output:
+        metrics="results/baselines/metrics.parquet",
+    params:
+        split=EVAL_SPLITS[0],
+        k=config["evaluate"]["k"],
+        measures=config["evaluate"]["measures"],
+        eval_set=f"{config['dataset']}/{EVAL_SPLITS[0]}",
+    log:
+        "logs/corpus_baselines/corpus_baselines.log",
+    benchmark:
+        "benchmarks/corpus_baselines/corpus_baselines.tsv"
+    threads: THREADS
+    resources:
+        **resources_of("evaluate"),
+    shell:
+        PD + " corpus-baselines --teacher {input.teacher:q} --queries {input.queries:q} --qrels {input.qrels:q}"
+        " --out-dir results/baselines --split {params.split} --k {params.k} --measures {params.measures:q}"
+        " --eval-set {params.eval_set:q} > {log} 2>&1"

@@ -180,7 +180,11 @@ def test_stage_contents_are_consistent(run):
 def test_metrics_are_finite_and_summarized(run):
     w = run["workdir"]
     summary = pd.read_parquet(w / "results/summary.parquet")
-    assert list(summary.columns) == ["system", "iteration", "eval_set", "nDCG@10", "RR@10", "R@100", "R@1000"]
+    assert list(summary.columns) == ["system", "iteration", "eval_set", "nDCG@10", "RR@10", "R@100", "R@1000",
+                                     "PairAcc"]
+    # Table 5's pair accuracy: the student at iteration 0 and both teachers, on the same pairs
+    acc = summary.set_index("system")["PairAcc"].dropna()
+    assert len(acc) == 3 and acc.index[0] == "iteration 0" and ((acc >= 0) & (acc <= 1)).all()
     assert set(summary["eval_set"]) == {"scifact-slice/test"}
     assert summary["system"].tolist()[:3] == ["iteration 0", "iteration 1", "iteration 2"]
     assert len(summary) == 5

@@ -23,9 +23,39 @@ def test_default_config_plans_the_whole_dag(tmp_path):
     code, out = _dry(tmp_path, {"data_dir": str(DATA_DIR)})
     assert code == 0, out
     for rule, count in {"prepare": 1, "init_checkpoint": 1, "index": 3, "evaluate": 3, "retrieve": 2,
-                        "pointwise": 2, "sample_pairs": 2, "pairwise": 2, "train": 2, "fit_teacher": 2,
-                        "mine_negatives": 1, "rerank_teacher": 2, "gather": 8, "summary": 1}.items():
+                        "pointwise": 2, "sample_pairs": 2, "pairwise": 2, "train": 2, "fit_fusion_pointwise": 1,
+                        "fit_fusion_pairwise": 1, "rerank_teacher": 2, "rerank_plain_fusion": 1,
+                        "pair_accuracy": 1, "corpus_baselines": 1, "gather": 8, "summary": 1}.items():
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), (rule, out[-2000:])
+    # the fusion teachers need no mined negatives and no cross-encoder fitting
+    assert "mine_negatives" not in out and "fit_teacher " not in out
+
+
+def test_classic_fitted_teachers_plan_mining_and_fitting(tmp_path):
+    code, out = _dry(tmp_path, {"data_dir": str(DATA_DIR), "teachers": {
+        "pointwise": {"fit": {"method": "cross-encoder"}}, "pairwise": {"fit": {"method": "bert-pairwise"}}}})
+    assert code == 0, out
+    for rule, count in {"fit_teacher": 2, "mine_negatives": 1, "pair_accuracy": 1}.items():
+        assert any(line.split() == [rule, str(count)] for line in out.splitlines()), (rule, out[-2000:])
+    assert "fit_fusion" not in out and "rerank_plain_fusion" not in out
+
+
+@pytest.mark.parametrize("overlay, line", [
+    ({"pointwise": {"family": "duot5"}},
+     "teachers.pointwise.family: 'duot5' cannot score pointwise (a pairwise family); expected one of"),
+    ({"pairwise": {"family": "fusion"}},
+     "teachers.pairwise.family: 'fusion' cannot score pairwise (a pointwise family); expected one of"),
+    ({"pairwise": {"family": "colbert"}}, "teachers.pairwise.family: 'colbert' cannot score pairwise (unknown)"),
+    ({"pointwise": {"fit": {"method": "fusion-pairwise"}}},
+     "teachers.pointwise.fit.method: 'fusion-pairwise' cannot fit a pointwise teacher (fits a pairwise teacher)"),
+    ({"pointwise": {"fit": {"method": "cross-encoder"}}},
+     "teachers.pairwise.fit.method: fusion-pairwise builds on the fusion pointwise teacher"),
+])
+def test_teacher_that_cannot_score_its_kind_is_one_line(tmp_path, overlay, line):
+    code, out = _dry(tmp_path, {"data_dir": str(DATA_DIR), "teachers": overlay})
+    assert code != 0
+    hits = [x for x in out.splitlines() if line in x]
+    assert hits, out[-2000:]
 
 
 def test_unknown_key_is_named(tmp_path):

@@ -97,8 +97,20 @@ def make_slice(out: Path, *, n_train: int = 24, n_test: int = 12, n_docs: int = 
     return ds
 
 
+def _apply(cfg: dict, changes: dict) -> dict:
+    """Set dotted keys (``"train.lr"``) of ``cfg`` in place; returns it."""
+    for key, value in changes.items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return cfg
+
+
 def tiny_overlay(data_dir: Path, tiny_bert: str, **changes) -> dict:
-    """The embedded default shrunk to seconds per stage, on a tiny random BERT."""
+    """The embedded default shrunk to seconds per stage, on a tiny random BERT, with the
+    cross-encoder and bert-pairwise teachers fitted (:func:`tiny_fusion_overlay` for fusion ones)."""
     fit = {"init": tiny_bert, "epochs": 1, "batch_size": 8, "lr": 1.0e-3, "warmup": 0.1}
     cfg = {
         "data_dir": str(data_dir),
@@ -109,18 +121,21 @@ def tiny_overlay(data_dir: Path, tiny_bert: str, **changes) -> dict:
         "teachers": {
             "mine": {"k": 8, "max_queries": None},
             "pointwise": {"max_length": 64, "batch_size": 16,
-                          "fit": {**fit, "negatives": 2, "max_length": 64}},
+                          "fit": {**fit, "method": "cross-encoder", "negatives": 2, "max_length": 64}},
             "pairwise": {"max_length": 96, "batch_size": 16,
-                         "fit": {**fit, "negatives": 1, "max_length": 96}},
+                         "fit": {**fit, "method": "bert-pairwise", "negatives": 1, "max_length": 96}},
         },
         "pairs": {"delta": 4, "per_query": 3},
         "train": {"nway": 4, "batch_size": 4, "epochs": 2, "lr": 1.0e-3},
         "evaluate": {"k": 50, "teacher_rerank": {"enabled": True, "pointwise_depth": 8, "pairwise_depth": 3}},
     }
-    for key, value in changes.items():
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return cfg
+    return _apply(cfg, changes)
+
+
+def tiny_fusion_overlay(data_dir: Path, tiny_bert: str, **changes) -> dict:
+    """:func:`tiny_overlay` with the embedded default's fusion teachers (on the tiny BERT)."""
+    cfg = tiny_overlay(data_dir, tiny_bert)
+    cfg["teachers"]["pointwise"]["fit"].update({"method": "fusion", "negatives": 1, "heldout": 0.25,
+                                                "candidates": 20, "max_length": 48})
+    cfg["teachers"]["pairwise"]["fit"].update({"method": "fusion-pairwise", "depth": 10})
+    return _apply(cfg, changes)

@@ -104,6 +104,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
 
+    p = sub.add_parser("fit-fusion", help="fit a fusion teacher (BM25 + bi-encoders, fitted weights)")
+    p.add_argument("--kind", choices=("pointwise", "pairwise"), required=True)
+    for name in ("--corpus", "--queries", "--qrels", "--out", "--loss-out", "--split"):
+        p.add_argument(name, required=True)
+    p.add_argument("--plain-out", help="pointwise: where the plain BM25 + bi-encoder fusion goes")
+    p.add_argument("--pointwise-dir", help="pairwise: the fitted fusion pointwise teacher")
+    p.add_argument("--init", default=runtime.MINILM)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--heldout", type=float, default=0.25)
+    p.add_argument("--candidates", type=int, default=100)
+    p.add_argument("--negatives", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--warmup", type=float, default=0.1)
+    p.add_argument("--scale", type=float, default=20.0)
+    p.add_argument("--depth", type=int, default=30)
+    p.add_argument("--delta", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+
     p = sub.add_parser("pointwise", help="pointwise teacher scores of a top-k")
     for name in ("--topk", "--corpus", "--queries", "--out", "--split"):
         p.add_argument(name, required=True)
@@ -174,7 +194,23 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--depth", type=int, required=True)
         p.add_argument("--measures", nargs="+", required=True)
         p.add_argument("--eval-set", required=True)
+        if kind == "pointwise":
+            p.add_argument("--system", default=None, help="the system's name in the metrics")
         _teacher_args(p)
+
+    p = sub.add_parser("pair-accuracy", help="pair accuracy of the student and both teachers on judged pairs")
+    for name in ("--student-run", "--pointwise-run", "--queries", "--qrels", "--corpus", "--out", "--metrics-out",
+                 "--split", "--eval-set", "--pointwise-system", "--pairwise-system"):
+        p.add_argument(name, required=True)
+    p.add_argument("--depth", type=int, required=True)
+    p.add_argument("--delta", type=int, required=True)
+    _teacher_args(p)
+
+    p = sub.add_parser("corpus-baselines", help="BM25, bi-encoder and fused teacher over the whole corpus")
+    for name in ("--teacher", "--queries", "--qrels", "--out-dir", "--split", "--eval-set"):
+        p.add_argument(name, required=True)
+    p.add_argument("--k", type=int, required=True)
+    p.add_argument("--measures", nargs="+", required=True)
 
     p = sub.add_parser("benchmarks", help="per-stage wall time and peak memory from benchmark files")
     p.add_argument("--dir", default="benchmarks")
@@ -220,6 +256,17 @@ def run(a: argparse.Namespace):
                                   split=a.split, negatives_per_query=a.negatives_per_query, init=a.init,
                                   max_length=a.max_length, batch_size=a.batch_size, epochs=a.epochs, lr=a.lr,
                                   warmup=a.warmup, seed=a.seed)
+    if s == "fit-fusion":
+        if a.kind == "pointwise" and not a.plain_out:
+            raise SystemExit("error: fit-fusion --kind pointwise needs --plain-out")
+        if a.kind == "pairwise" and not a.pointwise_dir:
+            raise SystemExit("error: fit-fusion --kind pairwise needs --pointwise-dir")
+        return stages.fit_fusion_teacher(a.kind, a.corpus, a.queries, a.qrels, a.out, a.loss_out, split=a.split,
+                                         seed=a.seed, plain_out=a.plain_out, pointwise_dir=a.pointwise_dir,
+                                         init=a.init, max_length=a.max_length, heldout=a.heldout,
+                                         candidates=a.candidates, negatives=a.negatives, batch_size=a.batch_size,
+                                         epochs=a.epochs, lr=a.lr, warmup=a.warmup, scale=a.scale, depth=a.depth,
+                                         delta=a.delta)
     if s == "pointwise":
         return stages.pointwise(a.topk, a.corpus, a.queries, a.qrels, a.out, split=a.split, model=a.model,
                                 family=a.family, max_length=a.max_length, batch_size=a.batch_size,
@@ -248,9 +295,19 @@ def run(a: argparse.Namespace):
                                          eval_set=a.eval_set)
     if s in ("rerank-pointwise", "rerank-pairwise"):
         fn = stages.rerank_pointwise if s == "rerank-pointwise" else stages.rerank_pairwise
+        extra = {"system": a.system} if s == "rerank-pointwise" and a.system else {}
         return fn(a.run, a.corpus, a.queries, a.qrels, a.out_dir, split=a.split, depth=a.depth,
                   measures=a.measures, model=a.model, family=a.family, max_length=a.max_length,
-                  batch_size=a.batch_size, eval_set=a.eval_set)
+                  batch_size=a.batch_size, eval_set=a.eval_set, **extra)
+    if s == "pair-accuracy":
+        return stages.pair_accuracy(a.student_run, a.pointwise_run, a.qrels, a.queries, a.corpus, a.out, a.metrics_out,
+                                    split=a.split, depth=a.depth, delta=a.delta, pairwise_model=a.model,
+                                    pairwise_family=a.family, pairwise_max_length=a.max_length,
+                                    batch_size=a.batch_size, eval_set=a.eval_set,
+                                    pointwise_system=a.pointwise_system, pairwise_system=a.pairwise_system)
+    if s == "corpus-baselines":
+        return stages.corpus_baselines(a.teacher, a.queries, a.qrels, a.out_dir, split=a.split, k=a.k,
+                                       measures=a.measures, eval_set=a.eval_set)
     if s == "summary":
         stages.teacher_cache_report(a.teacher_scores, a.cache_out)
         return stages.summarize(a.metrics, a.out, a.out_tsv)

@@ -208,7 +208,7 @@ def resolve_model(spec: str) -> str:
         p = p.expanduser()
         if not p.exists():
             raise FileNotFoundError(f"{spec}: model path does not exist")
-        if p.is_dir() and not (p / "config.json").exists():
+        if p.is_dir() and not (p / "config.json").exists() and not (p / "pairdistill_teacher.json").exists():
             raise FileNotFoundError(f"{spec}: model directory has no config.json")
         return str(p)
     return spec

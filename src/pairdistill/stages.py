@@ -146,6 +146,39 @@ def fit_teacher(kind: str, negatives_path: str, corpus_path: str, queries_path: 
     return stats
 
 
+def fit_fusion_teacher(kind: str, corpus_path: str, queries_path: str, qrels_path: str, out: str, loss_out: str,
+                       *, split: str, seed: int, plain_out: str | None = None, pointwise_dir: str | None = None,
+                       init: str = "minilm", max_length: int = 128, heldout: float = 0.25, candidates: int = 100,
+                       negatives: int = 1, batch_size: int = 16, epochs: int = 1, lr: float = 2e-5,
+                       warmup: float = 0.1, scale: float = 20.0, depth: int = 30, delta: int = 10) -> dict:
+    """Fit a fusion teacher (:mod:`pairdistill.fusion`) on the labelled queries of ``split``:
+    ``pointwise`` writes the fused teacher to ``out`` and the plain BM25 + bi-encoder fusion to
+    ``plain_out``; ``pairwise`` fits the pair terms on top of ``pointwise_dir``."""
+    from . import fusion
+
+    queries, qrels = _split_queries(queries_path, qrels_path, split)
+    rel = qrels[qrels["relevance"] > 0]
+    positives = {q: dict(zip(g["doc_id"], g["relevance"].astype(int))) for q, g in rel.groupby("query_id")}
+    if kind == "pointwise":
+        corpus = io.read_table(corpus_path, "corpus")
+        texts = list(_texts(corpus).values())
+        work = Path(out).parent / f".{Path(out).name}.work"
+        stats = fusion.fit_fusion(corpus, texts, queries, positives, out, plain_out, init=runtime.resolve_model(init),
+                                  max_length=max_length, heldout=heldout, candidates=candidates,
+                                  negatives=negatives, batch_size=batch_size, epochs=epochs, lr=lr, warmup=warmup,
+                                  scale=scale, seed=seed, work_dir=work, loss_log=loss_out, log=_log)
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        stats = fusion.fit_fusion_pairwise(pointwise_dir, out, queries, positives, depth=depth, delta=delta, log=_log)
+        # a closed-form fit, no training loop: the curve is its one step and final log loss
+        curve = pd.DataFrame({"step": [1], "loss": [stats["log_loss"]], "lr": [0.0], "elapsed_s": [stats["seconds"]]})
+        io.write_table(curve, "teacher_loss", loss_out)
+    _log(json.dumps(stats, default=float))
+    return stats
+
+
 def _cached_scores(paths: Sequence[str], name: str, identity: str, query_ids, columns: list[str]) -> pd.DataFrame:
     """Rows of earlier iterations' score files made by the same teacher (newest first), for these queries."""
     frames = []
@@ -393,7 +426,7 @@ def _write_eval(run, qrels, out: Path, measures, *, system: str, iteration: int 
 
 def rerank_pointwise(run_path: str, corpus_path: str, queries_path: str, qrels_path: str, out_dir: str, *,
                      split: str, depth: int, measures: Sequence[str], model: str, family: str, max_length: int,
-                     batch_size: int, eval_set: str) -> pd.DataFrame:
+                     batch_size: int, eval_set: str, system: str | None = None) -> pd.DataFrame:
     """The pointwise teacher as a reranker of the top-``depth`` of a run (e.g. iteration 0's)."""
     from . import teachers
 
@@ -406,7 +439,8 @@ def rerank_pointwise(run_path: str, corpus_path: str, queries_path: str, qrels_p
                                     progress_label="rerank-pointwise"), index=head.index)
     reranked = evaluate.rerank_top(run, scores, depth)
     return _write_eval(reranked, qrels, Path(out_dir), measures,
-                       system=f"pointwise teacher (top-{depth} of iteration 0)", iteration=None, eval_set=eval_set)
+                       system=system or f"pointwise teacher (top-{depth} of iteration 0)", iteration=None,
+                       eval_set=eval_set)
 
 
 def rerank_pairwise(run_path: str, corpus_path: str, queries_path: str, qrels_path: str, out_dir: str, *,
@@ -444,3 +478,88 @@ def summarize(metric_paths: Sequence[str], out: str, out_tsv: str | None = None)
             table.to_csv(tmp, sep="\t", index=False, float_format="%.4f")
     _log(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return table
+
+
+def pair_accuracy(student_run_path: str, pointwise_run_path: str, qrels_path: str, queries_path: str,
+                  corpus_path: str, out: str, metrics_out: str, *, split: str, depth: int, delta: int,
+                  pairwise_model: str, pairwise_family: str, pairwise_max_length: int, batch_size: int,
+                  eval_set: str, pointwise_system: str, pairwise_system: str) -> pd.DataFrame:
+    """Pair accuracy (the paper's Table 5) of the student, the pointwise and the pairwise teacher
+    on the same judged pairs: in the pointwise teacher's reranked top-``depth`` of the student's
+    run, every (relevant, non-relevant) pair less than ``delta`` ranks apart, as pair sampling
+    draws them. A system is right when it puts the relevant passage first (a tie counts 1/2):
+    the student by its retrieval score, the pointwise teacher by its order, the pairwise
+    teacher by (P(r > n) + 1 - P(n > r)) / 2 > 1/2."""
+    from . import fusion, teachers
+
+    queries, qrels = _split_queries(queries_path, qrels_path, split, judged_only=True)
+    relevant = set(map(tuple, qrels.loc[qrels["relevance"] > 0, ["query_id", "doc_id"]].to_numpy()))
+    student = io.read_table(student_run_path, "run")
+    student_score = dict(zip(zip(student["query_id"], student["doc_id"]), student["score"].astype(float)))
+    ranked = io.read_table(pointwise_run_path, "run").sort_values(["query_id", "rank"])
+    rows = []
+    for qid, g in ranked.groupby("query_id", sort=True):
+        docs = g["doc_id"].tolist()[:depth]
+        rel = np.array([1 if (qid, d) in relevant else 0 for d in docs])
+        for i, j in fusion.window_pairs(rel, delta):
+            rows.append((qid, docs[i], docs[j], i + 1, j + 1))
+    pairs_df = pd.DataFrame(rows, columns=["query_id", "doc_rel", "doc_non", "rank_rel", "rank_non"])
+    corpus = _passages(corpus_path, pd.concat([pairs_df["doc_rel"], pairs_df["doc_non"]]).unique())
+    scorer = teachers.load_pairwise(pairwise_model, pairwise_family, max_length=pairwise_max_length,
+                                    batch_size=batch_size)
+    q = [queries[x] for x in pairs_df["query_id"]]
+    a, b = [corpus[x] for x in pairs_df["doc_rel"]], [corpus[x] for x in pairs_df["doc_non"]]
+    probs = scorer.prob(q + q, a + b, b + a, progress_label="pair-accuracy") if len(q) else np.zeros(0)
+    n = len(q)
+    pairs_df["p_pairwise"] = ((probs[:n] + 1.0 - probs[n:]) / 2.0).astype("float32")
+
+    def right(x: np.ndarray) -> np.ndarray:
+        return np.where(x > 0, 1.0, np.where(x < 0, 0.0, 0.5))
+
+    s_rel = np.array([student_score.get(k, -np.inf) for k in zip(pairs_df["query_id"], pairs_df["doc_rel"])])
+    s_non = np.array([student_score.get(k, -np.inf) for k in zip(pairs_df["query_id"], pairs_df["doc_non"])])
+    with np.errstate(invalid="ignore"):
+        pairs_df["student_right"] = right(np.nan_to_num(s_rel - s_non, nan=0.0))
+    pairs_df["pointwise_right"] = right((pairs_df["rank_non"] - pairs_df["rank_rel"]).to_numpy())
+    pairs_df["pairwise_right"] = right(pairs_df["p_pairwise"].to_numpy() - 0.5)
+    with io.atomic_path(out) as tmp:
+        pairs_df.to_parquet(tmp, index=False)
+    systems = [("iteration 0", 0, "student_right"), (pointwise_system, None, "pointwise_right"),
+               (pairwise_system, None, "pairwise_right")]
+    table = pd.DataFrame({"system": [s for s, _, _ in systems], "iteration": [i for _, i, _ in systems],
+                          "eval_set": eval_set, "measure": "PairAcc",
+                          "value": [float(pairs_df[c].mean()) if n else float("nan") for _, _, c in systems]})
+    table = io.to_table(table.astype({"iteration": "Int32"}), "metrics").to_pandas()
+    io.write_table(table, "metrics", metrics_out)
+    _log(f"{n} judged pairs within {delta} ranks in the pointwise teacher's top-{depth}:\n" + table.to_string(index=False))
+    return table
+
+
+def corpus_baselines(teacher_dir: str, queries_path: str, qrels_path: str, out_dir: str, *, split: str, k: int,
+                     measures: Sequence[str], eval_set: str) -> pd.DataFrame:
+    """First-stage baselines over the whole corpus from a fusion teacher's features: BM25 alone,
+    the base bi-encoder alone, and the teacher's own fused score; one eval directory each."""
+    from . import fusion
+
+    feats = fusion.Features(teacher_dir, device="cpu")
+    queries, qrels = _split_queries(queries_path, qrels_path, split, judged_only=True)
+    qids = sorted(queries)
+    z = feats.query_scores([queries[q] for q in qids])
+    systems = {"bm25": ("BM25 (full corpus)", {"bm25": 1.0}),
+               "biencoder": ("bi-encoder (full corpus)", {fusion.BASE_DENSE: 1.0}),
+               "teacher": (f"{feats.meta['family']} teacher (full corpus)", dict(zip(feats.names, feats.weights)))}
+    tables = []
+    for name, (system, weights) in systems.items():
+        if any(f not in z for f in weights):
+            continue
+        s = sum(w * z[f] for f, w in weights.items())
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        run = pd.DataFrame({"query_id": np.repeat(qids, top.shape[1]),
+                            "doc_id": np.asarray(feats.doc_ids, dtype=object)[top.ravel()],
+                            "rank": np.tile(np.arange(1, top.shape[1] + 1), len(qids)).astype("int32"),
+                            "score": np.take_along_axis(s, top, axis=1).ravel().astype("float32")})
+        tables.append(_write_eval(run, qrels, Path(out_dir) / name, measures, system=system, iteration=None,
+                                  eval_set=eval_set))
+    all_metrics = pd.concat(tables, ignore_index=True)
+    io.write_table(all_metrics, "metrics", Path(out_dir) / "metrics.parquet")
+    return all_metrics

@@ -14,6 +14,9 @@ Families (the ``family`` argument; ``"auto"`` picks one from the model directory
 ``monot5``         T5, ``Query: q Document: d Relevant:`` -> log P(true) over {true, false}
 ``bert-pairwise``  sequence classifier on ``[CLS] q [SEP] a [SEP] b [SEP]`` -> sigmoid(logit)
 ``duot5``          T5, ``Query: q Document0: a Document1: b Relevant:`` -> P(true)
+``fusion``         BM25 and bi-encoder cosines, z-normalised per query, fused with fitted
+                   weights (:mod:`pairdistill.fusion`)
+``fusion-pairwise``  sigmoid of the fusion's margin plus fitted pair terms (:mod:`pairdistill.fusion`)
 =================  ==========================================================================
 
 No MS MARCO reranker can be installed offline, so :func:`fit_pointwise` and
@@ -42,8 +45,9 @@ from . import io, runtime
 from .progress import Progress
 
 META_FILE = "pairdistill_teacher.json"
-POINTWISE_FAMILIES = ("cross-encoder", "monot5")
-PAIRWISE_FAMILIES = ("bert-pairwise", "duot5")
+POINTWISE_FAMILIES = ("cross-encoder", "monot5", "fusion")
+PAIRWISE_FAMILIES = ("bert-pairwise", "duot5", "fusion-pairwise")
+FUSION_FAMILIES = ("fusion", "fusion-pairwise")  # fitted feature fusions (pairdistill.fusion)
 DEFAULT_MAX_LENGTH = {"pointwise": 256, "pairwise": 320}
 
 # At most this share of the token budget goes to the query, so a long query cannot squeeze the
@@ -90,6 +94,8 @@ def detect_family(path: str, kind: str) -> str:
         if meta.get("kind") != kind:
             raise ValueError(f"{path}: a {meta.get('kind')} teacher, not a {kind} one ({META_FILE})")
         return meta["family"]
+    if not (Path(path) / "config.json").exists() and Path(path).is_dir():
+        raise ValueError(f"{path}: neither a transformers model (no config.json) nor a fitted teacher ({META_FILE})")
     is_t5 = _model_type(path) == "t5"
     if kind == "pointwise":
         return "monot5" if is_t5 else "cross-encoder"
@@ -135,6 +141,10 @@ def _resolve(model: str, family: str, kind: str, max_length: int | None):
     allowed = POINTWISE_FAMILIES if kind == "pointwise" else PAIRWISE_FAMILIES
     if family not in allowed:
         raise ValueError(f"unknown {kind} family {family!r}; expected one of {allowed} or 'auto'")
+    if family in FUSION_FAMILIES:
+        meta = read_meta(path)
+        if meta is None or meta.get("family") != family:
+            raise ValueError(f"{path}: family {family!r} needs a fitted {family} teacher directory ({META_FILE})")
     if max_length is None:
         meta = read_meta(path) or {}
         max_length = int(meta.get("max_length", DEFAULT_MAX_LENGTH[kind]))
@@ -370,6 +380,23 @@ class PairwiseScorer(_LoadedTeacher):
                             self._forward, self.device, progress_label, "pairs")
 
 
+class FusionScorer(_LoadedTeacher):
+    """A fitted ``fusion`` teacher; ``model`` is its :class:`pairdistill.fusion.Features`, and
+    ``score`` works as :class:`PointwiseScorer`'s. The bi-encoders keep their fitted token budget."""
+
+    def score(self, queries: Sequence[str], docs: Sequence[str], progress_label: str | None = None) -> np.ndarray:
+        _check_lengths(queries, docs)
+        return self.model.score(list(queries), list(docs), progress_label)
+
+
+class FusionPairwiseScorer(_LoadedTeacher):
+    """A fitted ``fusion-pairwise`` teacher; ``model`` is its :class:`pairdistill.fusion.PairwiseFusion`."""
+
+    def prob(self, queries, docs_a, docs_b, progress_label: str | None = None) -> np.ndarray:
+        _check_lengths(queries, docs_a, docs_b)
+        return self.model.prob(list(queries), list(docs_a), list(docs_b), progress_label)
+
+
 def load_pointwise(model: str, family: str = "auto", max_length: int | None = None,
                    device: str = "auto", batch_size: int = 32) -> PointwiseScorer:
     """Load a pointwise teacher. ``max_length`` defaults to the fitted value, else 256.
@@ -378,6 +405,11 @@ def load_pointwise(model: str, family: str = "auto", max_length: int | None = No
     """
     path, family, max_length = _resolve(model, family, "pointwise", max_length)
     dev = runtime.device(device)
+    if family == "fusion":
+        from .fusion import Features
+
+        return FusionScorer(Features(path, device=str(dev), batch_size=batch_size), None, family, max_length,
+                            batch_size, dev, path)
     return PointwiseScorer(_load_model(path, family, dev), load_tokenizer(path), family,
                            max_length, batch_size, dev, path)
 
@@ -387,6 +419,11 @@ def load_pairwise(model: str, family: str = "auto", max_length: int | None = Non
     """Load a pairwise teacher. ``max_length`` defaults to the fitted value, else 320."""
     path, family, max_length = _resolve(model, family, "pairwise", max_length)
     dev = runtime.device(device)
+    if family == "fusion-pairwise":
+        from .fusion import PairwiseFusion
+
+        return FusionPairwiseScorer(PairwiseFusion(path, device=str(dev), batch_size=batch_size), None, family,
+                                    max_length, batch_size, dev, path)
     return PairwiseScorer(_load_model(path, family, dev), load_tokenizer(path), family,
                           max_length, batch_size, dev, path)
 

@@ -1,0 +1,73 @@
+"""The DAG with the embedded default's fusion teachers, one round on a SciFact slice with a tiny
+random BERT: the teachers are fitted once without the student, score every stage, and are
+reported as Table 5 asks (reranking, pair accuracy) next to the plain fusion and first-stage
+baselines."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pairdistill import io
+
+from workflow import DATA_DIR, dry_run, make_slice, snakemake, tiny_fusion_overlay, write_config
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (DATA_DIR / "scifact").is_dir(), reason="SciFact not found")]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_bert_dir):
+    root = tmp_path_factory.mktemp("fusion-e2e")
+    make_slice(root / "data", n_train=32)
+    overlay = tiny_fusion_overlay(root / "data", tiny_bert_dir, **{"iteration": 1, "threads": 1})
+    configfile = write_config(root / "tiny.yaml", overlay)
+    work = root / "work"
+    work.mkdir()
+    proc = snakemake(work, configfiles=(configfile,))
+    return {"workdir": work, "config": configfile, "root": root, "proc": proc}
+
+
+def test_teachers_are_fitted_without_the_student(run):
+    w = run["workdir"]
+    assert not (w / "results/teachers/negatives.parquet").exists()  # nothing mined by iteration 0
+    for kind, family in (("pointwise", "fusion"), ("pairwise", "fusion-pairwise")):
+        meta = json.loads((w / f"results/teachers/{kind}/model/pairdistill_teacher.json").read_text())
+        assert meta["family"] == family
+    assert not list((w / "results/teachers").glob(".*work*"))  # the fit's scratch directory is gone
+
+
+def test_fusion_scores_feed_the_round(run):
+    w = run["workdir"]
+    pointwise = io.read_table(w / "results/iter-1/pointwise.parquet", "pointwise")
+    assert np.isfinite(pointwise["teacher_score"]).all()
+    assert json.loads(io.read_metadata(w / "results/iter-1/pointwise.parquet")["teacher"])["family"] == "fusion"
+    pairwise = io.read_table(w / "results/iter-1/pairwise.parquet", "pairwise")
+    # the fusion pairwise teacher is antisymmetric: both orders agree exactly
+    np.testing.assert_allclose(pairwise["p_ab"], 1 - pairwise["p_ba"].astype(float), atol=1e-6)
+
+
+def test_summary_has_table_5_and_the_baselines(run):
+    summary = pd.read_parquet(run["workdir"] / "results/summary.parquet").set_index("system")
+    assert "pointwise teacher (top-8 of iteration 0)" in summary.index
+    assert "pairwise teacher (top-3 of the pointwise teacher)" in summary.index
+    assert "plain BM25 + bi-encoder fusion (top-8 of iteration 0)" in summary.index
+    for system in ("BM25 (full corpus)", "bi-encoder (full corpus)", "fusion teacher (full corpus)"):
+        assert system in summary.index, summary.index
+    acc = summary["PairAcc"].dropna()
+    assert list(acc.index) == ["iteration 0", "pointwise teacher (top-8 of iteration 0)",
+                               "pairwise teacher (top-3 of the pointwise teacher)"]
+    pairs = pd.read_parquet(run["workdir"] / "results/teachers/pair_accuracy/pairs.parquet")
+    assert len(pairs) > 0 and ((pairs["rank_rel"] - pairs["rank_non"]).abs() < 4).all()
+    assert acc.iloc[1] == pytest.approx(pairs["pointwise_right"].mean())
+
+
+def test_a_fusion_setting_refits_the_teachers_but_not_the_student(run):
+    changed = write_config(run["root"] / "heldout.yaml", {"teachers": {"pointwise": {"fit": {"heldout": 0.5}}}})
+    rules = {rule for rule, _ in dry_run(run["workdir"], configfiles=(run["config"], changed))}
+    assert {"fit_fusion_pointwise", "fit_fusion_pairwise", "pointwise", "pairwise", "train"} <= rules
+    assert not rules & {"prepare", "init_checkpoint", "retrieve"}
+    assert "index" in rules  # iteration 1's index follows its retrained checkpoint ...
