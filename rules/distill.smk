@@ -51,7 +51,7 @@ rule sample_pairs:
         **resources_of("sample_pairs"),
     shell:
         PD + " sample-pairs --pointwise {input:q} --out {output:q} --delta {params.delta}"
-        " --pairs-per-query {params.per_query} --seed {params.seed} > {log} 2>&1"
+        " --pairs-per-query {params.per_query} --seed {params.seed} --iteration {wildcards.it} > {log} 2>&1"
 
 
 rule pairwise:

@@ -203,3 +203,57 @@ def test_duplicated_teacher_rank_rejected():
 def test_same_rank_in_different_queries_is_fine():
     pw = make_pointwise({"q": 4, "r": 4})                     # both have ranks 1..4
     assert len(sample_pairs(pw, delta=2, pairs_per_query=10, seed=0)) == 6
+
+
+# --- rounds --------------------------------------------------------------------------------------
+
+def test_each_round_draws_afresh_deterministically_and_shard_independently():
+    pw = make_pointwise({f"q{k}": 30 for k in range(8)})
+    r1 = sample_pairs(pw, delta=10, pairs_per_query=20, seed=13, iteration=1)
+    r2 = sample_pairs(pw, delta=10, pairs_per_query=20, seed=13, iteration=2)
+    # same lists, same seed: another round compares other rank positions for every query
+    for q in r1.query_id.unique():
+        a = set(zip(r1[r1.query_id == q].rank_a, r1[r1.query_id == q].rank_b))
+        b = set(zip(r2[r2.query_id == q].rank_a, r2[r2.query_id == q].rank_b))
+        assert len(a) == len(b) == 20 and a != b
+    # a round is deterministic, and a query's draw does not depend on the other queries (shards)
+    pd.testing.assert_frame_equal(r2, sample_pairs(pw, delta=10, pairs_per_query=20, seed=13, iteration=2))
+    parts = [sample_pairs(pw[pw.query_id.isin(s)], delta=10, pairs_per_query=20, seed=13, iteration=2)
+             for s in (["q0", "q5"], ["q1", "q2", "q3", "q4", "q6", "q7"])]
+    pd.testing.assert_frame_equal(r2, pd.concat(parts).sort_values(["query_id", "rank_a", "rank_b"],
+                                                                   ignore_index=True))
+    # without a round: the round-less seed of (seed, query_id), as before
+    assert query_seed(13, "q1", None) == query_seed(13, "q1")
+    assert query_seed(13, "q1", 1) != query_seed(13, "q1", 2) != query_seed(13, "q1")
+    assert query_seed(0, "q1", 2) == int.from_bytes(__import__("hashlib").sha256(b"0:2:q1").digest()[:8], "little")
+
+
+def test_the_sample_pairs_rule_passes_the_round(tmp_path):
+    from pathlib import Path
+
+    rule = (Path(__file__).resolve().parents[1] / "rules" / "distill.smk").read_text()
+    assert "--iteration {wildcards.it}" in rule.split("rule sample_pairs:")[1].split("rule ")[0]
+
+
+def test_sample_pairs_stage_seeds_by_the_round_from_the_command_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pairdistill import io
+
+    pw = make_pointwise({"q1": 30, "q2": 12})
+    pw["retriever_rank"] = pw["retriever_rank"].astype("Int32")
+    pw["retriever_score"] = pw["retriever_score"].astype("Float32")
+    pw["teacher_score"] = pw["teacher_score"].astype("float32")
+    pw["cached"] = False
+    io.write_table(pw, "pointwise", tmp_path / "pointwise.parquet")
+    src = Path(__file__).resolve().parents[1] / "src"
+    subprocess.run([sys.executable, "-m", "pairdistill", "sample-pairs", "--pointwise", str(tmp_path / "pointwise.parquet"),
+                    "--out", str(tmp_path / "pairs.parquet"), "--delta", "10", "--pairs-per-query", "5",
+                    "--seed", "13", "--iteration", "2"], check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(src)})
+    got = io.read_table(tmp_path / "pairs.parquet", "pairs")
+    pd.testing.assert_frame_equal(got, sample_pairs(pw, delta=10, pairs_per_query=5, seed=13, iteration=2),
+                                  check_dtype=False)

@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", type=int, required=True)
     p.add_argument("--pairs-per-query", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iteration", type=int, default=None,
+                   help="the distillation round, part of each query's seed (each round draws afresh)")
 
     p = sub.add_parser("pairwise", help="pairwise teacher P(a > b | q) of the sampled pairs")
     for name in ("--pairs", "--corpus", "--queries", "--out"):
@@ -273,7 +275,7 @@ def run(a: argparse.Namespace):
                                 add_positives=a.add_positives, cache=a.cache, part_rows=a.part_rows)
     if s == "sample-pairs":
         return stages.sample_pairs(a.pointwise, a.out, delta=a.delta, pairs_per_query=a.pairs_per_query,
-                                   seed=a.seed)
+                                   seed=a.seed, iteration=a.iteration)
     if s == "pairwise":
         return stages.pairwise(a.pairs, a.corpus, a.queries, a.out, model=a.model, family=a.family,
                                max_length=a.max_length, batch_size=a.batch_size, both_orders=a.both_orders,

@@ -6,14 +6,17 @@ only passages that are close in the ranking are compared, since those are the on
 teacher is least sure how to order. From the candidates ``min(pairs_per_query, n_candidates)``
 are drawn uniformly without replacement.
 
-The draw for a query uses its own ``numpy.random.Generator``, seeded from ``(seed, query_id)``
-through SHA-256, so a query's sample depends neither on the row order of the input nor on which
-other queries are in the frame: sampling shard by shard gives the same pairs as sampling at once.
+The draw for a query uses its own ``numpy.random.Generator``, seeded from ``(seed, iteration,
+query_id)`` through SHA-256, so a query's sample depends neither on the row order of the input nor
+on which other queries are in the frame: sampling shard by shard gives the same pairs as sampling
+at once. The iteration (the distillation round) is part of the seed so that each round draws its
+pairs afresh: seeded by ``(seed, query_id)`` alone, a query whose list has the same length every
+round would get the same rank positions compared in round 2 as in round 1.
 
 API
 ---
 ``candidate_pairs(n, delta)``            (P, 2) positions, lexicographic.
-``sample_pairs(pointwise, delta, m, seed)`` frame with the io ``"pairs"`` schema.
+``sample_pairs(pointwise, delta, m, seed, iteration=None)`` frame with the io ``"pairs"`` schema.
 ``pair_counts(pairs, pointwise=None)``    per-query ``n_candidates`` / ``n_sampled``; pass the
                                           pointwise frame to also list queries with no pairs
                                           (fewer than 2 passages) as zeros.
@@ -55,9 +58,12 @@ def n_candidate_pairs(n: int, delta: int) -> int:
     return g * n - g * (g + 1) // 2
 
 
-def query_seed(seed: int, query_id: str) -> int:
-    """Stable 64-bit seed for one query (independent of Python's hash randomisation)."""
-    digest = hashlib.sha256(f"{seed}:{query_id}".encode("utf-8")).digest()
+def query_seed(seed: int, query_id: str, iteration: int | None = None) -> int:
+    """Stable 64-bit seed for one query in one round (independent of Python's hash randomisation).
+
+    ``iteration=None`` is the round-less seed of ``(seed, query_id)`` (a hand run of one sample)."""
+    key = f"{seed}:{query_id}" if iteration is None else f"{seed}:{int(iteration)}:{query_id}"
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "little")
 
 
@@ -84,8 +90,9 @@ def _validate(pointwise: pd.DataFrame, delta: int, pairs_per_query: int) -> None
 
 
 def sample_pairs(pointwise: pd.DataFrame, delta: int, pairs_per_query: int,
-                 seed: int) -> pd.DataFrame:
-    """Sample up to ``pairs_per_query`` near-in-rank pairs per query.
+                 seed: int, iteration: int | None = None) -> pd.DataFrame:
+    """Sample up to ``pairs_per_query`` near-in-rank pairs per query, seeded by ``(seed,
+    iteration, query_id)`` (see :func:`query_seed`): another round draws other pairs.
 
     ``pointwise`` has the io ``"pointwise"`` columns (only ``query_id``, ``doc_id`` and
     ``teacher_rank`` are used). Returns a frame with the io ``"pairs"`` columns, ``doc_a`` the
@@ -115,7 +122,7 @@ def sample_pairs(pointwise: pd.DataFrame, delta: int, pairs_per_query: int,
         if n_cand == 0:
             continue
         k = min(int(pairs_per_query), n_cand)
-        rng = np.random.default_rng(query_seed(seed, qids[s]))
+        rng = np.random.default_rng(query_seed(seed, qids[s], iteration))
         chosen = np.sort(rng.choice(n_cand, size=k, replace=False))
         i, j = cands[chosen, 0] + s, cands[chosen, 1] + s
         chunks.append((np.full(k, qids[s], dtype=object), docs[i], docs[j], ranks[i], ranks[j],

@@ -273,9 +273,12 @@ def pointwise(topk_path: str, corpus_path: str, queries_path: str, qrels_path: s
     return rows
 
 
-def sample_pairs(pointwise_path: str, out: str, *, delta: int, pairs_per_query: int, seed: int) -> pd.DataFrame:
+def sample_pairs(pointwise_path: str, out: str, *, delta: int, pairs_per_query: int, seed: int,
+                 iteration: int | None = None) -> pd.DataFrame:
+    """Pairs of a (shard's) pointwise list, drawn per query from ``(seed, iteration, query_id)``."""
     ranked = io.read_table(pointwise_path, "pointwise")
-    sampled = pairs.sample_pairs(ranked, delta=delta, pairs_per_query=pairs_per_query, seed=seed)
+    sampled = pairs.sample_pairs(ranked, delta=delta, pairs_per_query=pairs_per_query, seed=seed,
+                                 iteration=iteration)
     io.write_table(sampled, "pairs", out)
     counts = pairs.pair_counts(sampled, ranked)
     _log(f"sampled {len(sampled)} pairs for {len(counts)} queries (delta {delta}, up to {pairs_per_query} "
