@@ -113,17 +113,32 @@ rule ablation_evaluate:
         " --eval-set {params.eval_set:q} {params.search} > {log} 2>&1"
 
 
+def ablation_references():
+    """(name, split, run file) of the systems the full method's last iteration is also tested
+    against: the starting retriever and, with fusion teachers, BM25 and the teacher reranking."""
+    refs = [("iteration 0", split, f"results/iter-0/eval/{split}/run.parquet") for split in EVAL_SPLITS]
+    if fusion_fitted():
+        split = EVAL_SPLITS[0]
+        refs += [("BM25", split, "results/baselines/bm25/run.parquet"),
+                 ("bi-encoder", split, "results/baselines/biencoder/run.parquet")]
+        if teacher_rerank_enabled():
+            refs += [("pointwise teacher", split, "results/teachers/pointwise/rerank/run.parquet")]
+    return refs
+
+
 rule ablation_table:
     """Every requested variant against the full method, per iteration, split and measure: the
     difference of the means and a paired t-test over the queries."""
     input:
         runs=[run for *_, run in ablation_runs()],
+        references=[run for *_, run in ablation_references()],
         qrels=QRELS,
     output:
         parquet="results/ablations.parquet",
         tsv="results/ablations.tsv",
     params:
         runs=" ".join(shlex.join(["--run", v, str(n), split, run]) for v, n, split, run in ablation_runs()),
+        references=" ".join(shlex.join(["--reference", name, split, run]) for name, split, run in ablation_references()),
         measures=" ".join(shlex.join(["--measures", split, *measures(split)]) for split in EVAL_SPLITS),
         dataset=config["dataset"],
     log:
@@ -134,7 +149,7 @@ rule ablation_table:
     resources:
         **resources_of("summary"),
     shell:
-        PD + " ablation-table {params.runs} {params.measures} --qrels {input.qrels:q} --dataset {params.dataset:q}"
+        PD + " ablation-table {params.runs} {params.references} {params.measures} --qrels {input.qrels:q} --dataset {params.dataset:q}"
         " --out {output.parquet:q} --out-tsv {output.tsv:q} > {log} 2>&1"
 
 

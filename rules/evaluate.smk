@@ -198,6 +198,7 @@ rule corpus_baselines:
         qrels=QRELS,
     output:
         metrics="results/baselines/metrics.parquet",
+        runs=expand("results/baselines/{system}/run.parquet", system=("bm25", "biencoder", "teacher")),
     params:
         split=EVAL_SPLITS[0],
         k=config["evaluate"]["k"],

@@ -34,6 +34,7 @@ rule index:
         doc_maxlen=config["student"]["doc_maxlen"],
         kmeans_niters=config["index"]["kmeans_niters"],
         reuse=config["index"]["reuse_sample_embeddings"],
+        partitions=config["index"].get("num_partitions"),
         seed=config["seed"],
     log:
         "logs/index/iter-{it}.log",
@@ -45,7 +46,8 @@ rule index:
     shell:
         PD + " index --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --out {output:q}"
         " --nbits {params.nbits} --doc-maxlen {params.doc_maxlen} --kmeans-niters {params.kmeans_niters}"
-        " --reuse-sample-embeddings {params.reuse} --seed {params.seed} > {log} 2>&1"
+        " --reuse-sample-embeddings {params.reuse} --num-partitions {params.partitions} --seed {params.seed}"
+        " > {log} 2>&1"
 
 
 rule retrieve:
@@ -136,6 +138,7 @@ rule index_beir:
         doc_maxlen=BEIR["doc_maxlen"],
         kmeans_niters=config["index"]["kmeans_niters"],
         reuse=config["index"]["reuse_sample_embeddings"],
+        partitions=config["index"].get("num_partitions"),
         seed=config["seed"],
     log:
         "logs/index_beir/iter-{it}/{beir}.log",
@@ -147,4 +150,5 @@ rule index_beir:
     shell:
         PD + " index --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --out {output:q}"
         " --nbits {params.nbits} --doc-maxlen {params.doc_maxlen} --kmeans-niters {params.kmeans_niters}"
-        " --reuse-sample-embeddings {params.reuse} --seed {params.seed} > {log} 2>&1"
+        " --reuse-sample-embeddings {params.reuse} --num-partitions {params.partitions} --seed {params.seed}"
+        " > {log} 2>&1"

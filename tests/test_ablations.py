@@ -65,6 +65,18 @@ def test_table_by_hand():
     assert row.loc[("full", 2, "RR@10"), "value"] == pytest.approx(1.0)
 
 
+def test_references_are_compared_with_the_last_iteration():
+    runs = [("full", 1, "test", FULL_1), ("full", 2, "test", FULL_2)]
+    t = ablations.table(runs, QRELS, MEASURES, {"test": "toy/test"}, references=[("BM25", "test", NO_PAIR_1)])
+    row = t.set_index(["variant", "iteration", "measure"])
+    assert list(t["variant"].unique()) == ["full", "BM25"]
+    # full at iteration 2: RR (1, 1, 1); the reference: RR (1/2, 1, 1/3)
+    ref = np.array([0.5, 1, 1 / 3])
+    assert row.loc[("BM25", 2, "RR@10"), "value"] == pytest.approx(ref.mean())
+    assert row.loc[("BM25", 2, "RR@10"), "delta"] == pytest.approx(ref.mean() - 1.0)
+    assert row.loc[("BM25", 2, "RR@10"), "p_value"] == pytest.approx(stats.ttest_rel(ref, np.ones(3)).pvalue)
+
+
 def test_table_full_rows_match_the_metrics():
     t = _table([("full", 1, "test", FULL_1)])
     metrics = evaluate.metrics(FULL_1, QRELS[QRELS["split"] == "test"], MEASURES["test"], system="s",

@@ -66,7 +66,13 @@ def test_reusing_sample_embeddings_does_not_change_the_index(checkpoint, corpus,
 
 def test_search_returns_document_ids(checkpoint, corpus, tmp_path):
     df, texts = corpus
-    student.build_index(checkpoint, df, texts, tmp_path / "idx", nbits=2, doc_maxlen=32, kmeans_niters=2)
+    stats = student.build_index(checkpoint, df, texts, tmp_path / "idx", nbits=2, doc_maxlen=32, kmeans_niters=2,
+                                num_partitions=16)
+    # the centroid count is ours, not colbert-ai's rule, and the plan on disk says so
+    assert stats["num_partitions"] == 16
+    assert json.loads((tmp_path / "idx" / "plan.json").read_text())["num_partitions"] == 16
+    from colbert.indexing.collection_indexer import CollectionIndexer
+    assert CollectionIndexer.setup.__name__ == "setup" and CollectionIndexer.setup.__module__.startswith("colbert")
     queries = {"q-a": texts[3][:60], "q-b": texts[10][:60]}
     run = student.search(checkpoint, tmp_path / "idx", queries, k=5, ncells=2, centroid_score_threshold=0.45,
                          ndocs=256)

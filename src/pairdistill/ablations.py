@@ -145,14 +145,17 @@ def paired_p_value(values: np.ndarray, full: np.ndarray) -> float:
 
 
 def table(runs: Sequence[tuple[str, int, str, pd.DataFrame]], qrels: pd.DataFrame,
-          measures: dict[str, Sequence[str]], eval_sets: dict[str, str]) -> pd.DataFrame:
+          measures: dict[str, Sequence[str]], eval_sets: dict[str, str],
+          references: Sequence[tuple[str, str, pd.DataFrame]] = ()) -> pd.DataFrame:
     """One row per (variant, iteration, evaluation split, measure).
 
     ``runs`` holds (variant, iteration, split, run) with ``variant`` ``full`` for the full method,
     which every other variant is compared with at the same iteration and split: ``delta`` is the
     difference of the means, ``p_value`` the paired t-test over the split's judged queries (a
     query missing from a run counts as 0, as in the metrics). ``qrels`` carries a ``split`` column;
-    ``measures`` and ``eval_sets`` are per split."""
+    ``measures`` and ``eval_sets`` are per split. ``references`` (name, split, run) are other systems
+    (iteration 0, BM25, a teacher) compared the same way with the full method's last iteration,
+    whose number their rows carry."""
     per_query = {}
     for variant, iteration, split, run in runs:
         judged = qrels[qrels["split"] == split]
@@ -168,20 +171,33 @@ def table(runs: Sequence[tuple[str, int, str, pd.DataFrame]], qrels: pd.DataFram
                          "delta": float(np.mean(values) - np.mean(full)) if len(values) else float("nan"),
                          "p_value": float("nan") if variant == FULL else paired_p_value(values, full),
                          "n_queries": len(values)})
+    last = max((n for v, n, _, _ in runs if v == FULL), default=None)
+    for name, split, run in references:
+        if (FULL, last, split) not in per_query:
+            raise ValueError(f"no run of the full method on split {split!r} to compare {name!r} with")
+        judged = qrels[qrels["split"] == split]
+        values_by_measure = evaluate.per_query(run, judged, measures[split])[1]
+        for measure, values, full in zip(measures[split], values_by_measure, per_query[FULL, last, split]):
+            rows.append({"variant": name, "iteration": last, "eval_set": eval_sets[split], "measure": measure,
+                         "value": float(np.mean(values)), "delta": float(np.mean(values) - np.mean(full)),
+                         "p_value": paired_p_value(values, full), "n_queries": len(values)})
     frame = pd.DataFrame(rows, columns=io.SCHEMAS["ablations"].names)
-    order = {v: i for i, v in enumerate(dict.fromkeys([FULL, *(r[0] for r in runs)]))}
+    order = {v: i for i, v in enumerate(dict.fromkeys([FULL, *(r[0] for r in runs), *(r[0] for r in references)]))}
     frame = frame.sort_values(["iteration", "eval_set"], kind="stable")
     frame = frame.sort_values("variant", key=lambda s: s.map(order), kind="stable")
     return io.to_table(frame.astype({"iteration": "int32", "n_queries": "int32"}), "ablations").to_pandas()
 
 
 def write(runs: Sequence[tuple[str, int, str, str]], qrels_path: str, measures: dict[str, Sequence[str]],
-          dataset: str, out: str, out_tsv: str | None = None) -> pd.DataFrame:
-    """The ``ablation-table`` stage: read each (variant, iteration, split, run file), write the table
-    as Parquet (and TSV), and print it."""
+          dataset: str, out: str, out_tsv: str | None = None,
+          references: Sequence[tuple[str, str, str]] = ()) -> pd.DataFrame:
+    """The ``ablation-table`` stage: read each (variant, iteration, split, run file) and each
+    reference (name, split, run file), write the table as Parquet (and TSV), and print it."""
     loaded = [(v, int(n), s, io.read_table(p, "run")) for v, n, s, p in runs]
+    refs = [(name, s, io.read_table(p, "run")) for name, s, p in references]
     splits = sorted({s for _, _, s, _ in runs})
-    result = table(loaded, io.read_table(qrels_path, "qrels"), measures, {s: f"{dataset}/{s}" for s in splits})
+    result = table(loaded, io.read_table(qrels_path, "qrels"), measures, {s: f"{dataset}/{s}" for s in splits},
+                   refs)
     io.write_table(result, "ablations", out)
     if out_tsv:
         text = result.assign(value=result["value"].map("{:.4f}".format),

@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--doc-maxlen", type=int, required=True)
     p.add_argument("--kmeans-niters", type=int, default=4)
     p.add_argument("--reuse-sample-embeddings", type=_bool, default=True)
+    p.add_argument("--num-partitions", type=_opt_int, default=None, help="k-means centroids (null: colbert's choice)")
     p.add_argument("--seed", type=int, default=12345)
 
     p = sub.add_parser("retrieve", help="top-k of a split's queries")
@@ -230,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an evaluation run (run.parquet) of a variant ('full': the full method); repeated")
     p.add_argument("--measures", nargs="+", action="append", required=True, metavar=("SPLIT", "MEASURE"),
                    help="a split and its measures; repeated for each split")
+    p.add_argument("--reference", nargs=3, action="append", default=[], metavar=("NAME", "SPLIT", "RUN"),
+                   help="another system's run compared with the full method's last iteration; repeated")
     p.add_argument("--qrels", required=True)
     p.add_argument("--dataset", required=True, help="names the evaluation sets: <dataset>/<split>")
     p.add_argument("--out", required=True)
@@ -249,7 +252,7 @@ def run(a: argparse.Namespace):
     if s == "index":
         return stages.index(a.checkpoint, a.corpus, a.out, nbits=a.nbits, doc_maxlen=a.doc_maxlen,
                             kmeans_niters=a.kmeans_niters, reuse_sample_embeddings=a.reuse_sample_embeddings,
-                            seed=a.seed)
+                            seed=a.seed, num_partitions=a.num_partitions)
     if s == "retrieve":
         return stages.retrieve(a.checkpoint, a.index, a.queries, a.qrels, a.out, split=a.split, k=a.k,
                                max_queries=a.max_queries, seed=a.seed, search=_search(a), shard=a.shard)
@@ -316,7 +319,8 @@ def run(a: argparse.Namespace):
     if s == "ablation-table":
         from . import ablations
 
-        return ablations.write(a.run, a.qrels, {m[0]: m[1:] for m in a.measures}, a.dataset, a.out, a.out_tsv)
+        return ablations.write(a.run, a.qrels, {m[0]: m[1:] for m in a.measures}, a.dataset, a.out, a.out_tsv,
+                               references=a.reference)
     if s == "benchmarks":
         from .benchmarks import report
 
