@@ -9,6 +9,10 @@ in-batch negatives for the contrastive term).
 * :class:`PairwiseKLLoss`   L_pair = KL([p, 1-p] || [q, 1-q]),  q = sigmoid((s_i - s_j) / tau)
 * :class:`PairDistillLoss`  L = L_CL + lambda_kd L_KD + lambda_pair L_pair
   (without labels: L_ZS = lambda_kd L_KD + lambda_pair L_pair)
+
+Every loss is computed in fp32, whatever the dtype of the scores it gets (bf16 or fp16 under mixed
+precision): softmaxes over 64 passages and the small KL values lose most of their digits in half
+precision. The result is fp32 and the gradient flows back to the scores in their own dtype.
 """
 
 from __future__ import annotations
@@ -16,6 +20,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    """Half precision (fp16, bf16) promoted to fp32; fp32 and fp64 as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _apply_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -52,6 +61,7 @@ class ContrastiveLoss(nn.Module):
 
     def forward(self, scores: torch.Tensor, positive_index: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
+        scores = _fp32(scores)
         if positive_index is None:
             positive_index = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
         positive_index = positive_index.long()
@@ -95,8 +105,9 @@ class ListwiseKDLoss(nn.Module):
         if student.shape != teacher.shape:
             raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ")
         tau = self.temperature
+        student = _fp32(student)
         student_logp = F.log_softmax(_apply_mask(student / tau, mask), dim=-1)
-        teacher_logp = F.log_softmax(_apply_mask(teacher.detach().to(student.dtype) / tau, mask), dim=-1)
+        teacher_logp = F.log_softmax(_apply_mask(_fp32(teacher.detach()) / tau, mask), dim=-1)
         kl = F.kl_div(student_logp, teacher_logp, log_target=True, reduction="none")  # P_t (log P_t - log P_s)
         if mask is not None:
             kl = torch.where(mask.bool(), kl, torch.zeros_like(kl))
@@ -138,9 +149,10 @@ class PairwiseKLLoss(nn.Module):
                              f"got {tuple(teacher_prob.shape)}")
         if pair_index.shape[0] == 0:
             return student.sum() * 0.0
+        student = _fp32(student)
         rows, i, j = pair_index.long().unbind(dim=1)
         diff = (student[rows, i] - student[rows, j]) / self.temperature
-        p = teacher_prob.detach().to(student.dtype)
+        p = _fp32(teacher_prob.detach())
         neg_entropy = torch.xlogy(p, p) + torch.xlogy(1 - p, 1 - p)
         cross_entropy = -(p * F.logsigmoid(diff) + (1 - p) * F.logsigmoid(-diff))
         kl = neg_entropy + cross_entropy
@@ -171,6 +183,8 @@ class PairDistillLoss(nn.Module):
         contrastive_scores: optional (batch, W) scores for L_CL instead of ``student``, e.g. each
             query against every passage of the batch (in-batch negatives), with
             ``positive_index`` then indexing its W columns (-1 still meaning unlabelled).
+        contrastive_mask: optional (batch, W) bool with ``contrastive_scores``: the columns each
+            row's L_CL softmax runs over (say its positive and the other queries' passages only).
     Returns: dict of scalar tensors "loss", "loss_cl" (0 when unused), "loss_kd", "loss_pair".
     """
 
@@ -188,7 +202,8 @@ class PairDistillLoss(nn.Module):
                 pair_index: torch.Tensor, teacher_prob: torch.Tensor,
                 positive_index: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None,
-                contrastive_scores: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                contrastive_scores: torch.Tensor | None = None,
+                contrastive_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         loss_kd = self.kd(student, teacher_pointwise, mask)
         loss_pair = self.pair(student, pair_index, teacher_prob)
         loss = self.lambda_kd * loss_kd + self.lambda_pair * loss_pair
@@ -196,8 +211,8 @@ class PairDistillLoss(nn.Module):
             if contrastive_scores is None:
                 loss_cl = self.contrastive(student, positive_index, mask)
             else:
-                loss_cl = self.contrastive(contrastive_scores, positive_index)
+                loss_cl = self.contrastive(contrastive_scores, positive_index, contrastive_mask)
             loss = loss_cl + loss
         else:
-            loss_cl = student.new_zeros(())
+            loss_cl = loss.new_zeros(())
         return {"loss": loss, "loss_cl": loss_cl, "loss_kd": loss_kd, "loss_pair": loss_pair}
