@@ -12,7 +12,7 @@ import sys
 import time
 
 from . import runtime
-from .errors import InputError
+from .errors import InputError, SettingError
 
 
 def _bool(v: str) -> bool:
@@ -25,6 +25,15 @@ def _bool(v: str) -> bool:
 
 def _opt_int(v: str) -> int | None:
     return None if v.lower() in ("none", "null", "all", "") else int(v)
+
+
+def _micro_batch(v: str) -> int | None:
+    n = _opt_int(v)
+    return None if not n else n  # 0 (as the rule passes null): the whole batch
+
+
+def _opt_str(v: str) -> str | None:
+    return None if v.lower() in ("none", "null", "") else v
 
 
 def _search_args(p: argparse.ArgumentParser) -> None:
@@ -180,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=None,
                    help="keep a resumable training state here (outside the outputs); default: none")
     p.add_argument("--save-every", type=int, default=50, help="optimizer steps between two states")
+    p.add_argument("--micro-batch", type=_micro_batch, default=None,
+                   help="queries per forward/backward (gradient cache); default (or 0): the whole batch at once")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="the encoders' precision (accelerate mixed precision); auto: bf16 on a GPU that has it")
+    p.add_argument("--grad-checkpointing", type=_bool, default=False,
+                   help="recompute the encoder's activations in the backward pass (less memory, ~30%% slower)")
+    p.add_argument("--contrastive-negatives", choices=("teacher", "in_batch", "mined"), default="teacher",
+                   help="L_CL's negatives: the query's teacher-ranked list, other queries' passages, or mined")
+    p.add_argument("--mined-negatives", type=_opt_str, default=None,
+                   help="with --contrastive-negatives mined: Parquet (query_id, doc_id) or DRAGON JSON lines")
+    p.add_argument("--mined-per-query", type=int, default=8, help="mined negatives per labelled query")
+    p.add_argument("--processes", type=int, default=1,
+                   help="data-parallel processes, one per GPU (launched by this command); 1: this process")
 
     p = sub.add_parser("evaluate", help="search a split's queries; run + metrics + TREC file")
     for name in ("--checkpoint", "--index", "--queries", "--qrels", "--out-dir", "--split"):
@@ -293,7 +315,10 @@ def run(a: argparse.Namespace):
                             weight_decay=a.weight_decay, lambda_kd=a.lambda_kd, lambda_pair=a.lambda_pair,
                             temperature=a.temperature, in_batch_negatives=a.in_batch_negatives,
                             unlabelled_queries=a.unlabelled_queries, state_dir=a.state_dir,
-                            save_every=a.save_every)
+                            save_every=a.save_every, micro_batch=a.micro_batch, precision=a.precision,
+                            grad_checkpointing=a.grad_checkpointing,
+                            contrastive_negatives=a.contrastive_negatives, mined_negatives=a.mined_negatives,
+                            mined_per_query=a.mined_per_query)
     if s == "evaluate":
         return stages.evaluate_retriever(a.checkpoint, a.index, a.queries, a.qrels, a.out_dir, split=a.split,
                                          k=a.k, measures=a.measures, iteration=a.iteration, search=_search(a),
@@ -334,8 +359,45 @@ GPU_STAGES = {"init-checkpoint", "index", "retrieve", "fit-teacher", "pointwise"
               "evaluate", "rerank-pointwise", "rerank-pairwise"}
 
 
+def launch(argv: list[str], processes: int) -> int:
+    """Run this command as ``processes`` data-parallel processes (training on several GPUs): claim
+    that many GPUs, then start one process per GPU with torch.distributed.run (what ``accelerate
+    launch --multi_gpu`` runs); accelerate sets up their process group. Without GPUs the processes
+    share the CPU (gloo), which is how the tests run it."""
+    import os
+    import subprocess
+
+    import torch
+
+    if torch.cuda.is_available():
+        visible = len(runtime.visible_gpu_ids())
+        if visible < processes:
+            raise SettingError(f"resources.train.gpu: {processes} processes need {processes} GPUs; {visible} visible")
+        runtime.claim_gpus_for_launch(processes)
+    else:
+        print(f"no GPU visible: the {processes} processes share the CPU (gloo)", flush=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+           "-m", "pairdistill", *argv]
+    print(f"launching: {' '.join(cmd)}", flush=True)
+    # the launcher's death (SIGKILL included) takes torch.distributed.run with it, whose death takes the processes
+    return subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                          preexec_fn=lambda: runtime.die_with_parent(15)).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser().parse_args(argv)
+    if getattr(a, "processes", 1) > 1 and "LOCAL_RANK" not in os.environ:
+        try:
+            code = launch(argv, a.processes)
+        except SettingError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return 2
+        return code
+    if "LOCAL_RANK" in os.environ:  # one of a data-parallel job's processes
+        runtime.die_with_parent()
     runtime.set_threads(a.threads)
     if a.stage in GPU_STAGES:
         runtime.device()
@@ -343,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     try:
         run(a)
-    except (InputError, FileNotFoundError) as exc:
+    except (InputError, SettingError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     print(f"pairdistill {a.stage}: done in {time.monotonic() - start:.1f}s", flush=True)

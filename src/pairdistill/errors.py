@@ -14,3 +14,7 @@ class InputError(Exception):
         self.problem = problem
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {problem}")
+
+
+class SettingError(Exception):
+    """A setting this job cannot honour (say fp16 without a GPU): the message names the config key."""

@@ -125,6 +125,59 @@ def claim_gpu(n_gpus: int, lock_dir: str | Path = GPU_LOCK_DIR_DEFAULT, poll_s: 
         time.sleep(poll_s if timeout_s is None else max(0.0, min(poll_s, timeout_s - waited)))
 
 
+def claim_gpus(count: int, names: Sequence[str], lock_dir: str | Path = GPU_LOCK_DIR_DEFAULT,
+               poll_s: float = GPU_POLL_S, timeout_s: float | None = None) -> list[str]:
+    """Claim ``count`` of the GPUs ``names`` at once (a data-parallel job's), as :func:`claim_gpu`
+    claims one: all or none, so two such jobs waiting for GPUs never each hold half of what the
+    other needs. Returns the claimed names, held until the process ends."""
+    if not 1 <= count <= len(names):
+        raise ValueError(f"cannot claim {count} of {len(names)} GPUs")
+    Path(lock_dir).mkdir(parents=True, exist_ok=True)
+    start, said_waiting = time.monotonic(), False
+    while True:
+        got: list[tuple[str, Path, int]] = []
+        for name in names:
+            path = gpu_lock_path(lock_dir, name)
+            fd = _try_lock(path)
+            if fd is not None:
+                got.append((name, path, fd))
+                if len(got) == count:
+                    for _, p, f in got:
+                        _HELD_LOCKS[str(p)] = f
+                    return [n for n, _, _ in got]
+        for _, _, fd in got:  # not enough free: give back what was taken, try again later
+            os.close(fd)
+        waited = time.monotonic() - start
+        if timeout_s is not None and waited >= timeout_s:
+            raise TimeoutError(f"{count} free GPUs were not available together after waiting {waited:.0f}s "
+                               f"(lock files {Path(lock_dir)}/pairdistill-gpu-*.lock)")
+        if not said_waiting:
+            print(f"waiting for {count} free GPUs of {len(names)} (locks in {lock_dir})", file=sys.stderr, flush=True)
+            said_waiting = True
+        time.sleep(poll_s if timeout_s is None else max(0.0, min(poll_s, timeout_s - waited)))
+
+
+def visible_gpu_ids() -> list[str]:
+    """The GPUs this process may use, by the ids CUDA_VISIBLE_DEVICES gives them (else 0 .. n-1)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [x.strip() for x in visible.split(",") if x.strip()]
+        return ids[: torch.cuda.device_count()] if torch.cuda.is_available() else ids
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def claim_gpus_for_launch(count: int) -> list[str]:
+    """Claim ``count`` GPUs for a job about to start one process per GPU, and make exactly those
+    visible to the processes it starts (they take CUDA device LOCAL_RANK of them)."""
+    ids = visible_gpu_ids()
+    lock_dir = os.environ.get(GPU_LOCK_DIR_ENV) or GPU_LOCK_DIR_DEFAULT
+    wait = os.environ.get(GPU_WAIT_ENV)
+    claimed = claim_gpus(count, ids, lock_dir, timeout_s=float(wait) if wait else None) if len(ids) > count else ids
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(claimed)
+    print(f"using GPUs {','.join(claimed)} for {count} processes", flush=True)
+    return claimed
+
+
 def _release_gpu_claims() -> None:
     """Drop every claim this process holds (for tests; a stage keeps its claim until exit)."""
     global _CLAIMED
@@ -170,11 +223,19 @@ def device(name: str = "auto") -> torch.device:
     before any other CUDA use in a stage
     (colbert-ai's included): only then can the claimed GPU be made the process' only visible one,
     which colbert-ai needs, as it otherwise runs on the first visible GPU whatever it is given.
+    A process of a data-parallel job (``WORLD_SIZE`` > 1) takes GPU ``LOCAL_RANK`` of those its
+    launcher claimed (:func:`claim_gpus_for_launch`) and makes it the current device.
     """
     if name != "auto":
         return torch.device(name)
     if _CLAIMED is not None:
         return _CLAIMED
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one of a data-parallel job's processes: its launcher claimed
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is None:
         n = torch.cuda.device_count()  # before CUDA starts, from NVML: does not start it
@@ -186,6 +247,21 @@ def device(name: str = "auto") -> torch.device:
         if len(ids) > 1 and torch.cuda.device_count() > 1:
             return _claim_cuda_device(ids)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def die_with_parent(sig: int = 9) -> None:
+    """Have the kernel send ``sig`` (default SIGKILL) to this process when its parent dies (Linux;
+    elsewhere nothing). A data-parallel job's processes call it, so a job killed by a scheduler or
+    by hand never leaves its workers training, and writing, behind it."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call
+        os.kill(os.getpid(), sig)
 
 
 def resolve_model(spec: str) -> str:

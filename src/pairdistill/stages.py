@@ -376,24 +376,113 @@ def teacher_cache_report(paths: Sequence[str], out: str | None = None) -> pd.Dat
     return table
 
 
+def read_negatives(path: str, query_ids=None) -> dict[str, list[str]]:
+    """Mined negatives per query, in the file's order: a Parquet file with ``query_id`` and
+    ``doc_id`` columns (a run such as ``results/teachers/negatives.parquet``, ordered by ``rank``
+    when it has one), or JSON lines as the DRAGON negatives the authors used
+    (``{"query_id": .., "hard_negative_ctxs": [{"docidx": ..}, ..]}``). ``query_ids`` keeps those."""
+    wanted = None if query_ids is None else set(map(str, query_ids))
+    if str(path).endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(path).names
+        if not {"query_id", "doc_id"} <= set(names):
+            raise ValueError(f"{path}: a negatives file needs query_id and doc_id columns, has {names}")
+        cols = ["query_id", "doc_id"] + (["rank"] if "rank" in names else [])
+        frame = pd.read_parquet(path, columns=cols)
+        frame["query_id"] = frame["query_id"].astype(str)
+        frame["doc_id"] = frame["doc_id"].astype(str)
+        if wanted is not None:
+            frame = frame[frame["query_id"].isin(wanted)]
+        if "rank" in frame:
+            frame = frame.sort_values(["query_id", "rank"], kind="stable")
+        return frame.groupby("query_id", sort=False)["doc_id"].apply(list).to_dict()
+    from .errors import InputError
+
+    out = {}
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                qid = str(row["query_id"])
+                if wanted is None or qid in wanted:
+                    out[qid] = [str(c["docidx"]) for c in row.get("hard_negative_ctxs", [])]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InputError(path, f"not a negatives line ({exc.__class__.__name__}: {exc})", number) from None
+    return out
+
+
+def draw_negatives(groups, negatives: dict[str, list[str]], positives: dict[str, set[str]], per_query: int,
+                   seed: int, known: set[str] | None = None) -> dict:
+    """Put ``per_query`` mined negatives into each labelled group (``Group.negatives``), drawn per
+    query from ``(seed, query_id)`` without the query's labelled positives (repeated, as the
+    authors did, when a query has fewer); unlabelled groups get none. Returns counts."""
+    from .pairs import query_seed
+
+    without = repeated = 0
+    for g in groups:
+        if g.positive_index is None or g.positive_index < 0:
+            continue
+        pool = [d for d in dict.fromkeys(negatives.get(g.query_id, ()))
+                if d not in positives.get(g.query_id, set()) and (known is None or d in known)]
+        if not pool:
+            without += 1
+            continue
+        rng = np.random.default_rng(query_seed(seed, g.query_id))
+        if len(pool) < per_query:
+            repeated += 1
+            pool = pool * (per_query // len(pool) + 1)
+        g.negatives = [pool[i] for i in rng.choice(len(pool), size=per_query, replace=False)]
+    return {"mined_per_query": per_query, "labelled_without_mined": without, "mined_repeated": repeated}
+
+
 def train(checkpoint_in: str, corpus_path: str, queries_path: str, qrels_path: str, pointwise_path: str,
           pairwise_path: str, checkpoint_out: str, loss_out: str, *, split: str, nway: int, use_labels: bool,
           seed: int, query_maxlen: int, doc_maxlen: int, unlabelled_queries: bool = False,
-          state_dir: str | None = None, save_every: int = 50, **hyper) -> dict:
+          state_dir: str | None = None, save_every: int = 50, contrastive_negatives: str = "teacher",
+          mined_negatives: str | None = None, mined_per_query: int = 8, **hyper) -> dict:
     """Checkpoint n -> n+1. With ``unlabelled_queries`` (and ``use_labels``) queries of ``split``
     without a labelled positive are trained on too, with the KD and pairwise terms only. With
-    ``state_dir`` a resumable state is kept there every ``save_every`` steps (removed when done)."""
-    from . import train as training
+    ``state_dir`` a resumable state is kept there every ``save_every`` steps (removed when done).
 
+    Launched as several processes, each reads and trains on its own share of the queries (a hash
+    of the query id): no two read the same rows of the pointwise and pairwise files.
+    ``contrastive_negatives: mined`` reads ``mined_negatives`` and gives each labelled group
+    ``mined_per_query`` of them."""
+    from . import train as training
+    from .errors import SettingError
+
+    world, rank = training.launch_rank()
     queries, qrels = _split_queries(queries_path, qrels_path, split)
     positives = qrels[qrels["relevance"] > 0].groupby("query_id")["doc_id"].apply(set).to_dict()
+    point_cols, pair_cols = ["query_id", "doc_id", "teacher_score", "teacher_rank"], ["query_id", "doc_a", "doc_b", "prob"]
     # only the columns training uses: at paper scale these files hold ~80M and ~40M rows
-    groups, gstats = training.build_groups(
-        io.read_table(pointwise_path, "pointwise", columns=["query_id", "doc_id", "teacher_score", "teacher_rank"]),
-        io.read_table(pairwise_path, "pairwise", columns=["query_id", "doc_a", "doc_b", "prob"]), positives,
-        nway=nway, use_labels=use_labels, seed=seed, unlabelled_queries=unlabelled_queries)
+    if world == 1:
+        pointwise_rows = io.read_table(pointwise_path, "pointwise", columns=point_cols)
+        pairwise_rows = io.read_table(pairwise_path, "pairwise", columns=pair_cols)
+    else:  # this process's share of the queries, and only their rows
+        share = [q for q in queries if shards.shard_of(q, world) == rank]
+        pointwise_rows = io.read_rows(pointwise_path, "pointwise", "query_id", share, columns=point_cols)
+        pairwise_rows = io.read_rows(pairwise_path, "pairwise", "query_id", share, columns=pair_cols)
+        _log(f"process {rank} of {world}: {len(share)} of {len(queries)} queries of split {split!r}")
+    groups, gstats = training.build_groups(pointwise_rows, pairwise_rows, positives, nway=nway,
+                                           use_labels=use_labels, seed=seed, unlabelled_queries=unlabelled_queries)
+    del pointwise_rows, pairwise_rows
+    if contrastive_negatives == "mined":
+        if not mined_negatives:
+            raise SettingError("train.mined_negatives: contrastive_negatives mined needs a negatives file")
+        if not use_labels:
+            raise SettingError("train.contrastive_negatives: mined needs use_labels (the contrastive term)")
+        mined = read_negatives(mined_negatives, [g.query_id for g in groups])
+        gstats.update(draw_negatives(groups, mined, positives, mined_per_query, seed))
     _log(f"training groups: {json.dumps(gstats)}")
-    corpus = _passages(corpus_path, {d for g in groups for d in g.doc_ids})  # the passages of the groups only
+    # the passages of the groups (and their mined negatives) only
+    corpus = _passages(corpus_path, {d for g in groups for d in (*g.doc_ids, *g.negatives)})
+    lost = sorted({d for g in groups for d in g.negatives} - set(corpus))
+    if lost:
+        raise ValueError(f"{mined_negatives}: {len(lost)} mined negatives are not in the corpus, e.g. {lost[:3]}")
     missing = sorted({g.query_id for g in groups} - set(queries))
     if missing:
         raise ValueError(f"{queries_path}: no text for {len(missing)} training queries of split {split!r}, "
@@ -401,7 +490,7 @@ def train(checkpoint_in: str, corpus_path: str, queries_path: str, qrels_path: s
     stats = training.train(checkpoint_in, checkpoint_out, loss_out, corpus_texts=corpus, query_texts=queries,
                            groups=groups, nway=nway, use_labels=use_labels, seed=seed,
                            query_maxlen=query_maxlen, doc_maxlen=doc_maxlen, state_dir=state_dir,
-                           save_every=save_every, **hyper)
+                           save_every=save_every, contrastive_negatives=contrastive_negatives, **hyper)
     _log(json.dumps({**gstats, **stats}))
     return stats
 
