@@ -397,8 +397,16 @@ class FusionPairwiseScorer(_LoadedTeacher):
         return self.model.prob(list(queries), list(docs_a), list(docs_b), progress_label)
 
 
+def _in_precision(model, precision: str, dev: torch.device):
+    """The teacher in ``precision`` (fp32 | bf16 | fp16 | auto: bf16 on a GPU that has it, else fp32)."""
+    from .train import resolve_precision
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    return model.to(dtype[resolve_precision(precision, dev)])
+
+
 def load_pointwise(model: str, family: str = "auto", max_length: int | None = None,
-                   device: str = "auto", batch_size: int = 32) -> PointwiseScorer:
+                   device: str = "auto", batch_size: int = 32, precision: str = "fp32") -> PointwiseScorer:
     """Load a pointwise teacher. ``max_length`` defaults to the fitted value, else 256.
 
     ``model`` is a path, a cached hub id or ``"minilm"``; a missing one raises FileNotFoundError.
@@ -410,12 +418,12 @@ def load_pointwise(model: str, family: str = "auto", max_length: int | None = No
 
         return FusionScorer(Features(path, device=str(dev), batch_size=batch_size), None, family, max_length,
                             batch_size, dev, path)
-    return PointwiseScorer(_load_model(path, family, dev), load_tokenizer(path), family,
+    return PointwiseScorer(_in_precision(_load_model(path, family, dev), precision, dev), load_tokenizer(path), family,
                            max_length, batch_size, dev, path)
 
 
 def load_pairwise(model: str, family: str = "auto", max_length: int | None = None,
-                  device: str = "auto", batch_size: int = 16) -> PairwiseScorer:
+                  device: str = "auto", batch_size: int = 16, precision: str = "fp32") -> PairwiseScorer:
     """Load a pairwise teacher. ``max_length`` defaults to the fitted value, else 320."""
     path, family, max_length = _resolve(model, family, "pairwise", max_length)
     dev = runtime.device(device)
@@ -424,7 +432,7 @@ def load_pairwise(model: str, family: str = "auto", max_length: int | None = Non
 
         return FusionPairwiseScorer(PairwiseFusion(path, device=str(dev), batch_size=batch_size), None, family,
                                     max_length, batch_size, dev, path)
-    return PairwiseScorer(_load_model(path, family, dev), load_tokenizer(path), family,
+    return PairwiseScorer(_in_precision(_load_model(path, family, dev), precision, dev), load_tokenizer(path), family,
                           max_length, batch_size, dev, path)
 
 
