@@ -12,6 +12,8 @@ try:  # an unknown key, a key upstream of training, a colliding name: one line n
     ABLATIONS = ablation_settings.requested(config, VARIANTS)
 except ValueError as exc:
     raise WorkflowError(str(exc)) from None
+for _name in ABLATIONS:  # micro_batch, precision, ... against the training resources, as the full method's
+    check_training(VARIANTS[_name], int(resources_of("train").get("gpu", 0)), key=f"ablations.variants.{_name}.train")
 
 
 wildcard_constraints:
@@ -61,13 +63,16 @@ rule ablation_train:
     threads: THREADS
     resources:
         **resources_of("train"),
-        save_every=lambda w: VARIANTS[w.variant]["save_every"],
+        save_every=lambda w: train_speed(VARIANTS[w.variant])["save_every"],
+        micro_batch=lambda w: train_speed(VARIANTS[w.variant])["micro_batch"],
+        grad_checkpointing=lambda w: train_speed(VARIANTS[w.variant])["grad_checkpointing"],
     shell:
         PD + " train --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --queries {input.queries:q}"
         " --qrels {input.qrels:q} --pointwise {input.pointwise:q} --pairwise {input.pairwise:q}"
         " --out {output.checkpoint:q} --loss-out {output.loss:q} --split {params.split} {params.t}"
         " --state-dir results/ablations/{wildcards.variant}/iter-{wildcards.it}/train_state"
-        " --save-every {resources.save_every}"
+        " --save-every {resources.save_every} --micro-batch {resources.micro_batch}"
+        " --grad-checkpointing {resources.grad_checkpointing} --processes {resources.gpu}"
         " --query-maxlen {params.student[query_maxlen]} --doc-maxlen {params.student[doc_maxlen]}"
         " --seed {params.seed} > {log} 2>&1"
 

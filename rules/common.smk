@@ -152,6 +152,80 @@ def check_teachers():
 check_teachers()
 
 
+# Training: settings with their defaults (keys a config may leave out), the ones that change how a
+# job runs but not what it writes (resources: changing them reruns nothing and a saved state is
+# resumed), and the start-up checks of what is knowable before any job runs.
+TRAIN_DEFAULTS = {"contrastive_negatives": "teacher", "mined_negatives": None, "mined_per_query": 8,
+                  "precision": "auto", "micro_batch": None, "grad_checkpointing": False}
+TRAIN_SPEED = ("save_every", "micro_batch", "grad_checkpointing")
+
+
+def train_settings(t):
+    """The train settings a training job's results depend on (its params), defaults filled in."""
+    return {k: v for k, v in {**TRAIN_DEFAULTS, **t}.items() if k not in TRAIN_SPEED}
+
+
+def train_speed(t):
+    """micro_batch (0: the whole batch), grad_checkpointing and save_every, as resources."""
+    t = {**TRAIN_DEFAULTS, **t}
+    return {"save_every": t["save_every"], "micro_batch": t["micro_batch"] or 0,
+            "grad_checkpointing": int(bool(t["grad_checkpointing"]))}
+
+
+def mined_negatives_input():
+    t = {**TRAIN_DEFAULTS, **config["train"]}
+    return [t["mined_negatives"]] if t["contrastive_negatives"] == "mined" and t["mined_negatives"] else []
+
+
+def visible_gpus():
+    """GPUs this machine shows (CUDA_VISIBLE_DEVICES when set, else CUDA's count); None when it
+    shows none, since jobs may then run elsewhere (a cluster) and nothing can be known here."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None and listed.strip() and listed.strip() != "-1":
+        return len([x for x in listed.split(",") if x.strip()])
+    import torch
+
+    return torch.cuda.device_count() or None
+
+
+def check_training(t, gpus, key="train"):
+    """One line naming the key for a training setting that cannot work with the job's resources."""
+    t = {**TRAIN_DEFAULTS, **t}
+    if t["micro_batch"] is not None and t["batch_size"] % t["micro_batch"]:
+        raise WorkflowError(f"{key}.micro_batch: {t['micro_batch']} does not divide {key}.batch_size "
+                            f"{t['batch_size']}")
+    if gpus > 1 and t["batch_size"] % gpus:
+        raise WorkflowError(f"{key}.batch_size: {t['batch_size']} queries do not split evenly over "
+                            f"resources.train.gpu {gpus} processes")
+    if gpus > 1 and t["micro_batch"] is not None and (t["batch_size"] // gpus) % t["micro_batch"]:
+        raise WorkflowError(f"{key}.micro_batch: {t['micro_batch']} does not divide the "
+                            f"{t['batch_size'] // gpus} queries of each of resources.train.gpu {gpus} processes")
+    if t["contrastive_negatives"] == "mined" and not t["mined_negatives"]:
+        raise WorkflowError(f"{key}.mined_negatives: contrastive_negatives mined needs a negatives file")
+    if t["contrastive_negatives"] == "mined" and not os.path.exists(os.path.expanduser(t["mined_negatives"])):
+        raise WorkflowError(f"{key}.mined_negatives: {t['mined_negatives']} does not exist")
+    if t["precision"] == "fp16" and gpus == 0:
+        raise WorkflowError(f"{key}.precision: fp16 needs a GPU, and resources.train.gpu is 0 "
+                            "(use fp32 or bf16, or give training a GPU)")
+    if gpus > 1 or (gpus and t["precision"] == "bf16"):
+        seen = visible_gpus()
+        if seen is not None and gpus > seen:
+            raise WorkflowError(f"resources.train.gpu: {gpus} GPUs asked for, but this machine shows {seen}")
+        if seen is not None and t["precision"] == "bf16":
+            import torch
+
+            if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+                raise WorkflowError(f"{key}.precision: bf16 is not supported by {torch.cuda.get_device_name(0)} "
+                                    "(use fp16 or fp32)")
+    for kind in ("pointwise", "pairwise"):
+        p = config["teachers"][kind].get("precision", "fp32")
+        if p == "fp16" and not resources_of(kind).get("gpu"):
+            raise WorkflowError(f"teachers.{kind}.precision: fp16 needs a GPU, and resources.{kind}.gpu is 0")
+
+
+check_training(config["train"], int(resources_of("train").get("gpu", 0)))
+
+
 def teacher_model(kind):
     """What the scoring job loads: the fitted teacher's directory, or the configured model."""
     return f"results/teachers/{kind}/model" if teacher_fitted(kind) else config["teachers"][kind]["model"]

@@ -92,6 +92,7 @@ rule train:
         qrels=QRELS,
         pointwise="results/iter-{it}/pointwise.parquet",
         pairwise="results/iter-{it}/pairwise.parquet",
+        negatives=mined_negatives_input(),
     output:
         checkpoint=directory("results/iter-{it}/checkpoint"),
         loss="results/iter-{it}/train_loss.parquet",
@@ -99,7 +100,7 @@ rule train:
         it=r"[1-9]\d*",
     params:
         split=config["train_split"],
-        t={k: v for k, v in config["train"].items() if k != "save_every"},
+        t=train_settings(config["train"]),
         student=config["student"],
         seed=config["seed"],
     log:
@@ -109,7 +110,7 @@ rule train:
     threads: THREADS
     resources:
         **resources_of("train"),
-        save_every=config["train"]["save_every"],  # how often, not what: a resource, so no rerun
+        **train_speed(config["train"]),  # how, not what: resources, so changing them reruns nothing
     shell:
         PD + " train --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --queries {input.queries:q}"
         " --qrels {input.qrels:q} --pointwise {input.pointwise:q} --pairwise {input.pairwise:q}"
@@ -119,7 +120,11 @@ rule train:
         " --weight-decay {params.t[weight_decay]} --lambda-kd {params.t[lambda_kd]}"
         " --lambda-pair {params.t[lambda_pair]} --temperature {params.t[temperature]}"
         " --use-labels {params.t[use_labels]} --unlabelled-queries {params.t[unlabelled_queries]}"
-        " --in-batch-negatives {params.t[in_batch_negatives]}"
+        " --in-batch-negatives {params.t[in_batch_negatives]} --precision {params.t[precision]}"
+        " --contrastive-negatives {params.t[contrastive_negatives]} --mined-negatives {params.t[mined_negatives]:q}"
+        " --mined-per-query {params.t[mined_per_query]}"
+        " --micro-batch {resources.micro_batch} --grad-checkpointing {resources.grad_checkpointing}"
+        " --processes {resources.gpu}"
         " --state-dir results/iter-{wildcards.it}/train_state --save-every {resources.save_every}"
         " --query-maxlen {params.student[query_maxlen]} --doc-maxlen {params.student[doc_maxlen]}"
         " --seed {params.seed} > {log} 2>&1"

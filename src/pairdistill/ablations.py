@@ -127,10 +127,16 @@ def requested(config: dict, declared: dict[str, dict]) -> list[str]:
     return list(dict.fromkeys(run))
 
 
+# train settings that change how a job runs, not what it writes: passed as resources (no rerun)
+SPEED = ("save_every", "micro_batch", "grad_checkpointing")
+
+
 def train_flags(settings: dict) -> str:
-    """The ``train`` stage's flags for a complete set of train settings (``save_every`` aside: it is
-    how often a state is saved, passed as a resource)."""
-    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items() if k != "save_every")
+    """The ``train`` stage's flags for a complete set of train settings (the :data:`SPEED` ones
+    aside: how often a state is saved and how a step is split, passed as resources)."""
+    import shlex
+
+    return " ".join(f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in settings.items() if k not in SPEED)
 
 
 # --------------------------------------------------------------------------------------------
