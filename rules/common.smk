@@ -93,6 +93,11 @@ def check_inputs():
 check_inputs()
 
 
+def beir_query_maxlen(dataset):
+    """Query tokens when a BEIR collection is searched: beir_eval.query_maxlen's entry, else the student's."""
+    return (BEIR.get("query_maxlen") or {}).get(dataset, config["student"]["query_maxlen"])
+
+
 def ckpt(it):
     return f"results/iter-{it}/checkpoint"
 

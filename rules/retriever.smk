@@ -132,7 +132,9 @@ rule train:
 
 rule index_beir:
     """Zero-shot evaluation collections, indexed by every iteration's retriever (passage length
-    beir_eval.doc_maxlen, 300 in the paper)."""
+    beir_eval.doc_maxlen, 300 in the paper). The index keeps how its collection is searched: the
+    query length of beir_eval.query_maxlen (ArguAna 300, Climate-FEVER 64, else the student's) and
+    whether a query's own document is dropped from its hits (beir_eval.drop_self_matches)."""
     input:
         checkpoint="results/iter-{it}/checkpoint",
         corpus="results/beir/{beir}/corpus.parquet",
@@ -145,6 +147,8 @@ rule index_beir:
         reuse=config["index"]["reuse_sample_embeddings"],
         partitions=config["index"].get("num_partitions"),
         seed=config["seed"],
+        query_maxlen=lambda w: beir_query_maxlen(w.beir),
+        drop_self=lambda w: w.beir in BEIR.get("drop_self_matches", []),
     log:
         "logs/index_beir/iter-{it}/{beir}.log",
     benchmark:
@@ -156,4 +160,4 @@ rule index_beir:
         PD + " index --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --out {output:q}"
         " --nbits {params.nbits} --doc-maxlen {params.doc_maxlen} --kmeans-niters {params.kmeans_niters}"
         " --reuse-sample-embeddings {params.reuse} --num-partitions {params.partitions} --seed {params.seed}"
-        " > {log} 2>&1"
+        " --query-maxlen {params.query_maxlen} --drop-self-matches {params.drop_self} > {log} 2>&1"

@@ -82,6 +82,45 @@ def test_search_returns_document_ids(checkpoint, corpus, tmp_path):
     assert (run.groupby("query_id")["score"].apply(lambda s: s.is_monotonic_decreasing)).all()
 
 
+def test_a_collections_query_length_and_self_match_rule_travel_with_its_index(checkpoint, corpus, tmp_path,
+                                                                               monkeypatch):
+    """BEIR's ArguAna: 300-token queries that are also documents of the corpus. The index keeps both,
+    so every search of it encodes queries that long and drops the query's own document."""
+    from colbert.modeling.checkpoint import Checkpoint
+
+    df, texts = corpus
+    student.build_index(checkpoint, df, texts, tmp_path / "idx", nbits=2, doc_maxlen=32, kmeans_niters=2,
+                        num_partitions=16, query_maxlen=40, drop_self_matches=True)
+    assert json.loads((tmp_path / "idx" / "metadata.json").read_text())["config"]["query_maxlen"] == 40
+    lengths = []
+    encode = Checkpoint.queryFromText
+
+    def spy(self, *args, **kw):
+        lengths.append(self.query_tokenizer.query_maxlen)
+        return encode(self, *args, **kw)
+
+    monkeypatch.setattr(Checkpoint, "queryFromText", spy)
+    own = df["doc_id"][3]
+    queries = {own: texts[3], "other": texts[10][:60]}  # the first query is document 3 itself
+    kw = dict(k=5, ncells=2, centroid_score_threshold=0.45, ndocs=256)
+    run = student.search(checkpoint, tmp_path / "idx", queries, **kw)
+    assert lengths and set(lengths) == {40}  # the checkpoint's own is 16
+    assert own not in set(run.loc[run["query_id"] == own, "doc_id"])
+    assert run.groupby("query_id")["rank"].apply(list).tolist() == [[1, 2, 3, 4, 5]] * 2
+    # without the rule, the document is its own query's best hit
+    (tmp_path / "idx" / student.SEARCH_SETTINGS).write_text(json.dumps({"drop_self_matches": False}))
+    kept = student.search(checkpoint, tmp_path / "idx", queries, **kw)
+    assert kept.loc[(kept["query_id"] == own) & (kept["rank"] == 1), "doc_id"].tolist() == [own]
+
+
+def test_drop_self_matches_reranks_and_keeps_k():
+    run = pd.DataFrame({"query_id": ["a"] * 4 + ["b"] * 3, "doc_id": ["x", "a", "y", "z", "b", "a", "c"],
+                        "rank": [1, 2, 3, 4, 1, 2, 3], "score": [9.0, 8, 7, 6, 5, 4, 3]})
+    out = student.drop_self_matches(run, 3)
+    assert out[["query_id", "doc_id", "rank"]].values.tolist() == [
+        ["a", "x", 1], ["a", "y", 2], ["a", "z", 3], ["b", "a", 1], ["b", "c", 2]]
+
+
 def test_stale_extension_lock_is_removed_and_a_fresh_one_kept(tmp_path):
     import os
     import time

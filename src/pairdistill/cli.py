@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse-sample-embeddings", type=_bool, default=True)
     p.add_argument("--num-partitions", type=_opt_int, default=None, help="k-means centroids (null: colbert's choice)")
     p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--query-maxlen", type=_opt_int, default=None,
+                   help="query tokens when this collection is searched (kept in the index); default: the checkpoint's")
+    p.add_argument("--drop-self-matches", type=_bool, default=False,
+                   help="searches drop a hit whose id is the query's own (BEIR's ArguAna); kept in the index")
 
     p = sub.add_parser("retrieve", help="top-k of a split's queries")
     for name in ("--checkpoint", "--index", "--queries", "--qrels", "--out", "--split"):
@@ -274,7 +278,8 @@ def run(a: argparse.Namespace):
     if s == "index":
         return stages.index(a.checkpoint, a.corpus, a.out, nbits=a.nbits, doc_maxlen=a.doc_maxlen,
                             kmeans_niters=a.kmeans_niters, reuse_sample_embeddings=a.reuse_sample_embeddings,
-                            seed=a.seed, num_partitions=a.num_partitions)
+                            seed=a.seed, num_partitions=a.num_partitions, query_maxlen=a.query_maxlen,
+                            drop_self_matches=a.drop_self_matches)
     if s == "retrieve":
         return stages.retrieve(a.checkpoint, a.index, a.queries, a.qrels, a.out, split=a.split, k=a.k,
                                max_queries=a.max_queries, seed=a.seed, search=_search(a), shard=a.shard)

@@ -83,14 +83,18 @@ def init_checkpoint(base: str, out: str, *, dim: int, query_maxlen: int, doc_max
 
 
 def index(checkpoint: str, corpus_path: str, out: str, *, nbits: int, doc_maxlen: int, kmeans_niters: int,
-          reuse_sample_embeddings: bool, seed: int, num_partitions: int | None = None) -> dict:
+          reuse_sample_embeddings: bool, seed: int, num_partitions: int | None = None,
+          query_maxlen: int | None = None, drop_self_matches: bool = False) -> dict:
+    """A PLAID index of the corpus; ``query_maxlen`` and ``drop_self_matches`` are kept in it for
+    every search of this collection (BEIR's ArguAna: 300-token queries, its own argument dropped)."""
     from . import student
 
     corpus = io.read_table(corpus_path, "corpus")
     texts = list(_texts(corpus).values())  # document ids are unique, so this keeps corpus order
     stats = student.build_index(checkpoint, corpus, texts, out, nbits=nbits, doc_maxlen=doc_maxlen,
                                 kmeans_niters=kmeans_niters, reuse_sample_embeddings=reuse_sample_embeddings,
-                                seed=seed, num_partitions=num_partitions)
+                                seed=seed, num_partitions=num_partitions, query_maxlen=query_maxlen,
+                                drop_self_matches=drop_self_matches)
     _log(json.dumps(stats))
     return stats
 

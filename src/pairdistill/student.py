@@ -205,14 +205,24 @@ def _num_partitions(n: int | None) -> Iterator[None]:
         CollectionIndexer.setup = original
 
 
+SEARCH_SETTINGS = "pairdistill_search.json"  # in an index: how its collection is searched
+
+
 def build_index(checkpoint: str | Path, corpus: pd.DataFrame, texts: Sequence[str], out_dir: str | Path,
                 *, nbits: int, doc_maxlen: int, kmeans_niters: int = 4, index_bsize: int = 64,
-                reuse_sample_embeddings: bool = True, seed: int = 12345, num_partitions: int | None = None) -> dict:
+                reuse_sample_embeddings: bool = True, seed: int = 12345, num_partitions: int | None = None,
+                query_maxlen: int | None = None, drop_self_matches: bool = False) -> dict:
     """PLAID index of ``texts`` (aligned with ``corpus.doc_id``) at ``out_dir``.
 
     ``out_dir`` also holds ``collection.tsv`` (colbert's passage file, pid = row) and
     ``doc_ids.parquet`` mapping colbert's pids back to document ids. ``num_partitions`` sets the
     number of centroids (None: colbert-ai's own choice).
+
+    Two settings of the collection travel with its index, so that every search of it honours
+    them: ``query_maxlen`` (colbert-ai's Searcher takes the index's config over the checkpoint's;
+    BEIR's ArguAna has 300-token queries, Climate-FEVER 64) and ``drop_self_matches`` (a hit whose
+    document id is the query's own id is dropped, as BEIR's evaluation does: ArguAna's queries are
+    arguments of its corpus), kept in ``pairdistill_search.json``.
     """
     setup_colbert()
     from colbert import Indexer
@@ -226,8 +236,11 @@ def build_index(checkpoint: str | Path, corpus: pd.DataFrame, texts: Sequence[st
             for pid, text in enumerate(texts):
                 f.write(f"{pid}\t{_tsv_text(text)}\n")
         corpus[["doc_id"]].reset_index(drop=True).to_parquet(tmp / "doc_ids.parquet", index=False)
+        extra = {"query_maxlen": query_maxlen} if query_maxlen else {}
         cfg = colbert_config(nbits=nbits, doc_maxlen=doc_maxlen, kmeans_niters=kmeans_niters,
-                             index_bsize=index_bsize, avoid_fork_if_possible=True)
+                             index_bsize=index_bsize, avoid_fork_if_possible=True, **extra)
+        (tmp / SEARCH_SETTINGS).write_text(json.dumps({"query_maxlen": query_maxlen,
+                                                       "drop_self_matches": bool(drop_self_matches)}))
         progress = Progress(len(texts), "index: encode", unit="passages")
         with colbert_run(tmp / ".colbert"), _passage_embedding_cache(progress, reuse_sample_embeddings), \
                 _num_partitions(num_partitions):
@@ -249,6 +262,10 @@ def search(checkpoint: str | Path, index_dir: str | Path, queries: Mapping[str, 
 
     index_dir = Path(index_dir).resolve()
     doc_ids = pd.read_parquet(index_dir / "doc_ids.parquet")["doc_id"].to_numpy()
+    settings = index_search_settings(index_dir)
+    drop_self = settings.get("drop_self_matches", False)
+    wanted = k
+    k = k + 1 if drop_self else k  # one more, for the query's own document
     kw = dict(ncells=ncells, centroid_score_threshold=centroid_score_threshold, ndocs=ndocs)
     with colbert_run(index_dir / ".colbert"):
         # Search needs passage ids only, and colbert-ai would read the whole collection.tsv into a
@@ -270,7 +287,23 @@ def search(checkpoint: str | Path, index_dir: str | Path, queries: Mapping[str, 
                                             "rank": ranks, "score": scores}))
             progress.update(len(chunk))
     run = pd.concat(frames, ignore_index=True) if frames else empty_run()
+    if drop_self:
+        run = drop_self_matches(run, wanted)
     return io.to_table(run, "run").to_pandas()
+
+
+def index_search_settings(index_dir: str | Path) -> dict:
+    """The collection's search settings kept in its index (none for indexes built before them)."""
+    path = Path(index_dir) / SEARCH_SETTINGS
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def drop_self_matches(run: pd.DataFrame, k: int) -> pd.DataFrame:
+    """``run`` without hits whose document id is the query's id, the rest re-ranked, top-``k`` kept."""
+    run = run[run["doc_id"].astype(str) != run["query_id"].astype(str)]
+    run = run.sort_values(["query_id", "rank"], kind="stable").copy()
+    run["rank"] = run.groupby("query_id").cumcount() + 1
+    return run[run["rank"] <= k].reset_index(drop=True)
 
 
 def empty_run() -> pd.DataFrame:
