@@ -88,9 +88,20 @@ def test_round_two_scoring_reads_round_one_scores_of_its_shard(tmp_path, standin
     # the paper's settings reach the jobs
     train = next(line for line in out.splitlines() if " train --checkpoint" in line)
     for flag in ("--nway 64", "--batch-size 32", "--lr 1e-05", "--lambda-kd 1.0", "--lambda-pair 3.0",
-                 "--temperature 1.0", "--doc-maxlen 180", "--query-maxlen 32", "--unlabelled-queries True"):
+                 "--temperature 1.0", "--doc-maxlen 180", "--query-maxlen 32", "--unlabelled-queries True",
+                 "--contrastive-negatives in_batch", "--precision auto"):
         assert flag in train, flag
     assert "--pairs-per-query 50" in out and "--delta 10" in out and "--k 100 " in out
+    # the authors' teacher token budgets
+    assert all("--max-length 180" in line for line in out.splitlines() if " pointwise --topk" in line)
+    assert all("--max-length 360" in line for line in out.splitlines() if " pairwise --pairs" in line)
+    # BEIR: ColBERTv2's query lengths per collection, kept in its index; ArguAna without self-matches
+    index_beir = {re.search(r"results/iter-1/beir/([^/]+)/index", line).group(1): line
+                  for line in out.splitlines() if " index --checkpoint results/iter-1/checkpoint" in line
+                  and "/beir/" in line}
+    assert "--query-maxlen 300 --drop-self-matches True" in index_beir["arguana"]
+    assert "--query-maxlen 64 --drop-self-matches False" in index_beir["climate-fever"]
+    assert "--query-maxlen 32 --drop-self-matches False" in index_beir["nfcorpus"]
 
 
 def test_paper_resources_are_portable(tmp_path, standins):

@@ -319,3 +319,34 @@ def test_two_process_training_killed_and_rerun_is_bit_identical(tmp_path_factory
     lb = io.read_table(killed / "train_loss.parquet", "loss").drop(columns="elapsed_s")
     pd.testing.assert_frame_equal(la, lb, check_exact=True)
     assert not (killed / "train_state").exists()
+
+
+# --- mined negatives ---------------------------------------------------------------------------------
+
+def test_mined_negatives_from_parquet_or_dragon_lines_are_drawn_per_query(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from pairdistill import stages
+
+    run = pd.DataFrame({"query_id": ["q0"] * 4 + ["q1"] * 2, "doc_id": ["a", "b", "c", "d", "x", "y"],
+                        "rank": [2, 1, 3, 4, 1, 2], "score": [1.0] * 6})
+    run.to_parquet(tmp_path / "negatives.parquet")
+    with open(tmp_path / "dragon.jsonl", "w") as f:
+        f.write(json.dumps({"query_id": "q0", "question": "?", "positive_ctxs": [{"docidx": "p"}],
+                            "hard_negative_ctxs": [{"docidx": d} for d in "bacd"]}) + "\n")
+        f.write(json.dumps({"query_id": "q1", "hard_negative_ctxs": [{"docidx": "x"}, {"docidx": "y"}]}) + "\n")
+    parquet = stages.read_negatives(str(tmp_path / "negatives.parquet"))
+    dragon = stages.read_negatives(str(tmp_path / "dragon.jsonl"), ["q0", "q1", "q9"])
+    assert parquet == dragon == {"q0": ["b", "a", "c", "d"], "q1": ["x", "y"]}  # in rank order
+    groups = [training.Group("q0", ["p", "n"], [1.0, 0.0], 0), training.Group("q1", ["r", "n"], [1.0, 0.0], 0),
+              training.Group("q2", ["s", "n"], [1.0, 0.0], 0), training.Group("q3", ["t", "n"], [1.0, 0.0], -1)]
+    stats = stages.draw_negatives(groups, parquet, {"q0": {"p", "c"}}, per_query=3, seed=1)
+    assert len(groups[0].negatives) == 3 and set(groups[0].negatives) <= {"a", "b", "d"}  # labelled positive c left out
+    assert sorted(groups[1].negatives) in (["x", "x", "y"], ["x", "y", "y"])  # two, repeated to three
+    assert groups[2].negatives == [] and groups[3].negatives == []  # none mined; unlabelled
+    assert stats == {"mined_per_query": 3, "labelled_without_mined": 1, "mined_repeated": 1}
+    again = [training.Group("q0", ["p", "n"], [1.0, 0.0], 0)]
+    stages.draw_negatives(again, parquet, {"q0": {"p", "c"}}, per_query=3, seed=1)
+    assert again[0].negatives == groups[0].negatives  # per query, seeded
