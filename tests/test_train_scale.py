@@ -350,3 +350,17 @@ def test_mined_negatives_from_parquet_or_dragon_lines_are_drawn_per_query(tmp_pa
     again = [training.Group("q0", ["p", "n"], [1.0, 0.0], 0)]
     stages.draw_negatives(again, parquet, {"q0": {"p", "c"}}, per_query=3, seed=1)
     assert again[0].negatives == groups[0].negatives  # per query, seeded
+
+
+def test_maxsim_in_chunks_of_queries_is_the_same(monkeypatch):
+    torch.manual_seed(0)
+    Q = torch.randn(5, 4, 8, requires_grad=True)
+    D = torch.randn(12, 6, 8, requires_grad=True)
+    mask = torch.rand(12, 6, 1) > 0.3
+    whole = training._maxsim(Q, D, mask)
+    g_whole = torch.autograd.grad(whole.square().sum(), [Q, D])
+    monkeypatch.setattr(training, "MAXSIM_CHUNK_BYTES", 2 * 12 * 4 * 6 * 4)  # two queries at a time
+    chunked = training._maxsim(Q, D, mask)
+    g_chunked = torch.autograd.grad(chunked.square().sum(), [Q, D])
+    assert torch.allclose(whole, chunked, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_whole, g_chunked))

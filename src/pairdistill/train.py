@@ -171,16 +171,29 @@ def _token_mask(D_mask: torch.Tensor) -> torch.Tensor:
     return D_mask.reshape(D_mask.shape[0], D_mask.shape[1]).bool()
 
 
+MAXSIM_CHUNK_BYTES = 1 << 28  # token similarities held at once by the in-batch MaxSim
+
+
 def _maxsim(Q: torch.Tensor, D: torch.Tensor, D_mask: torch.Tensor) -> torch.Tensor:
     """ColBERT scores of every query against every passage: (nq, Lq, dim) x (nd, Ld, dim) -> (nq, nd).
 
     In fp32 whatever the dtypes of ``Q`` and ``D`` (colbert-ai's ``doc()`` returns fp16 when CUDA
     is visible; autocast hands over bf16 or fp16) and outside autocast: 32 token maxima summed in
-    half precision lose the small score differences the losses work on."""
+    half precision lose the small score differences the losses work on. Queries are taken a few
+    at a time, so the (queries, passages, Lq, Ld) similarities never exceed
+    :data:`MAXSIM_CHUNK_BYTES` (the paper's batch: 1.5 GB at once otherwise); the backward pass
+    keeps only each maximum's index."""
+    Q, D = _fp32(Q), _fp32(D)
+    per_query = D.shape[0] * Q.shape[1] * D.shape[1] * 4
+    rows = max(1, MAXSIM_CHUNK_BYTES // max(per_query, 1))
+    pad = ~_token_mask(D_mask)[None, :, None, :]
+    out = []
     with torch.autocast(device_type=Q.device.type, enabled=False):
-        sim = torch.einsum("qid,pjd->qpij", _fp32(Q), _fp32(D))
-        sim = sim.masked_fill(~_token_mask(D_mask)[None, :, None, :], -1e4)
-        return sim.max(-1).values.sum(-1)
+        for lo in range(0, Q.shape[0], rows):
+            sim = torch.einsum("qid,pjd->qpij", Q[lo:lo + rows], D)
+            sim = sim.masked_fill(pad, -1e4)
+            out.append(sim.max(-1).values.sum(-1))
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def _maxsim_aligned(Q: torch.Tensor, D: torch.Tensor, D_mask: torch.Tensor, nway: int) -> torch.Tensor:
@@ -436,7 +449,7 @@ def batch_gradients(model, batch: Batch, loss_fn: PairDistillLoss, *, contrastiv
                     Q = q.new_zeros((b, *q.shape[1:]), dtype=torch.promote_types(q.dtype, torch.float32))
                     D = d.new_zeros((batch.d_ids.shape[0], *d.shape[1:]), dtype=torch.promote_types(d.dtype, torch.float32))
                     D_mask = m.new_zeros((batch.d_ids.shape[0], *m.shape[1:]))
-                Q[lo:hi], D[rows.to(D.device)], D_mask[rows.to(D.device)] = q, d, m
+                Q[lo:hi], D[rows.to(D.device)], D_mask[rows.to(D.device)] = q.to(Q.dtype), d.to(D.dtype), m
         after = _rng_now()
         Q.requires_grad_(True)
         D.requires_grad_(True)
