@@ -241,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--measures", nargs="+", required=True)
 
+    p = sub.add_parser("selfcheck", help="can this machine run the paper? a training step, teacher scoring and "
+                                         "colbert-ai indexing on random weights and synthetic data -> JSON")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    p.add_argument("--small", action="store_true", help="tiny shapes: the code paths in about a minute on a CPU")
+    p.add_argument("--out", default=None, help="write the figures here (JSON)")
+    p.add_argument("--parts", nargs="+", choices=("train", "teachers", "colbert"),
+                   default=["train", "teachers", "colbert"])
+
     p = sub.add_parser("benchmarks", help="per-stage wall time and peak memory from benchmark files")
     p.add_argument("--dir", default="benchmarks")
 
@@ -351,6 +359,10 @@ def run(a: argparse.Namespace):
 
         return ablations.write(a.run, a.qrels, {m[0]: m[1:] for m in a.measures}, a.dataset, a.out, a.out_tsv,
                                references=a.reference)
+    if s == "selfcheck":
+        from . import selfcheck
+
+        return selfcheck.run(a.device, small=a.small, out=a.out, parts=tuple(a.parts))
     if s == "benchmarks":
         from .benchmarks import report
 
