@@ -63,7 +63,16 @@ def test_micro_batches_gpus_and_negatives_reach_the_training_command(tmp_path, m
 
 
 def test_the_default_plans_one_process_over_the_whole_batch(tmp_path):
+    import shlex
+
+    from pairdistill.cli import build_parser
+
     code, out = _dry(tmp_path, {}, "-p", "results/iter-1/checkpoint")
     assert code == 0, out[-3000:]
     (cmd,) = [x for x in out.splitlines() if " train --checkpoint" in x]
     assert "--micro-batch 0 " in cmd and "--processes 0 " in cmd and "--contrastive-negatives teacher" in cmd
+    # the job's own parser reads the rule's flags as the whole batch, one process, no mined file
+    words = shlex.split(cmd.split("pairdistill", 1)[1].split(">")[0])
+    a = build_parser().parse_args(words)
+    assert (a.micro_batch, a.processes, a.mined_negatives, a.grad_checkpointing, a.precision) == \
+        (None, 0, None, False, "auto")
