@@ -188,3 +188,16 @@ def test_device_claims_within_a_listed_subset_by_physical_id(tmp_path, monkeypat
     assert runtime.device() == torch.device("cuda", 0)
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "4"
     assert (tmp_path / "pairdistill-gpu-4.lock").exists()
+
+
+def test_a_data_parallel_job_claims_its_gpus_all_or_none(tmp_path, holders):
+    holders.append(_holder(3, tmp_path))
+    taken = _claimed(holders[-1])  # another job holds one of the 3 GPUs
+    got = runtime.claim_gpus(2, ["0", "1", "2"], tmp_path, poll_s=0.05, timeout_s=5)
+    assert len(got) == 2 and str(taken) not in got
+    runtime._release_gpu_claims()
+    with pytest.raises(TimeoutError, match="3 free GPUs were not available together"):
+        runtime.claim_gpus(3, ["0", "1", "2"], tmp_path, poll_s=0.05, timeout_s=0.3)
+    # waiting for all three took none of the two free ones
+    again = runtime.claim_gpus(2, ["0", "1", "2"], tmp_path, poll_s=0.05, timeout_s=5)
+    assert sorted(again) == sorted(got)
