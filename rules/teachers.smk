@@ -64,62 +64,68 @@ rule fit_teacher:
         " --seed {params.seed} > {log} 2>&1"
 
 
-rule fit_fusion_pointwise:
-    """BM25 and the bi-encoder over the corpus, the bi-encoder fine-tuned on the training queries
-    but a held-out share, and the fusion weights fitted on that share (pairdistill.fusion). Also
-    writes the plain BM25 + bi-encoder fusion, the baseline the teacher must beat."""
-    input:
-        corpus=CORPUS,
-        queries=QUERIES,
-        qrels=QRELS,
-    output:
-        model=directory("results/teachers/pointwise/model"),
-        plain=directory(PLAIN_FUSION),
-        loss="results/teachers/pointwise/fit_loss.parquet",
-    params:
-        split=config["train_split"],
-        fit=config["teachers"]["pointwise"]["fit"],
-        f=fusion_settings("pointwise"),
-        seed=config["seed"],
-    log:
-        "logs/fit_teacher/pointwise.log",
-    benchmark:
-        "benchmarks/fit_teacher/pointwise.tsv"
-    threads: THREADS
-    resources:
-        **resources_of("fit_teacher"),
-    shell:
-        PD + " fit-fusion --kind pointwise --corpus {input.corpus:q} --queries {input.queries:q} --qrels {input.qrels:q}"
-        " --out {output.model:q} --plain-out {output.plain:q} --loss-out {output.loss:q} --split {params.split}"
-        " --init {params.fit[init]:q} --max-length {params.fit[max_length]} --heldout {params.f[heldout]}"
-        " --candidates {params.f[candidates]} --negatives {params.fit[negatives]} --batch-size {params.fit[batch_size]}"
-        " --epochs {params.fit[epochs]} --lr {params.fit[lr]} --warmup {params.fit[warmup]} --scale {params.f[scale]}"
-        " --seed {params.seed} > {log} 2>&1"
+# The fusion teachers' rules exist only when fitted that way: they write the same model
+# directories as fit_teacher.
+if fit_method("pointwise") == "fusion":
+
+    rule fit_fusion_pointwise:
+        """BM25 and the bi-encoder over the corpus, the bi-encoder fine-tuned on the training queries
+        but a held-out share, and the fusion weights fitted on that share (pairdistill.fusion). Also
+        writes the plain BM25 + bi-encoder fusion, the baseline the teacher must beat."""
+        input:
+            corpus=CORPUS,
+            queries=QUERIES,
+            qrels=QRELS,
+        output:
+            model=directory("results/teachers/pointwise/model"),
+            plain=directory(PLAIN_FUSION),
+            loss="results/teachers/pointwise/fit_loss.parquet",
+        params:
+            split=config["train_split"],
+            fit=config["teachers"]["pointwise"]["fit"],
+            f=fusion_settings("pointwise"),
+            seed=config["seed"],
+        log:
+            "logs/fit_teacher/pointwise.log",
+        benchmark:
+            "benchmarks/fit_teacher/pointwise.tsv"
+        threads: THREADS
+        resources:
+            **resources_of("fit_teacher"),
+        shell:
+            PD + " fit-fusion --kind pointwise --corpus {input.corpus:q} --queries {input.queries:q} --qrels {input.qrels:q}"
+            " --out {output.model:q} --plain-out {output.plain:q} --loss-out {output.loss:q} --split {params.split}"
+            " --init {params.fit[init]:q} --max-length {params.fit[max_length]} --heldout {params.f[heldout]}"
+            " --candidates {params.f[candidates]} --negatives {params.fit[negatives]} --batch-size {params.fit[batch_size]}"
+            " --epochs {params.fit[epochs]} --lr {params.fit[lr]} --warmup {params.fit[warmup]} --scale {params.f[scale]}"
+            " --seed {params.seed} > {log} 2>&1"
 
 
-rule fit_fusion_pairwise:
-    """The pair terms on top of the fusion pointwise teacher, fitted on its held-out queries."""
-    input:
-        pointwise="results/teachers/pointwise/model",
-        corpus=CORPUS,
-        queries=QUERIES,
-        qrels=QRELS,
-    output:
-        model=directory("results/teachers/pairwise/model"),
-        loss="results/teachers/pairwise/fit_loss.parquet",
-    params:
-        split=config["train_split"],
-        f=fusion_settings("pairwise"),
-        delta=config["pairs"]["delta"],
-        seed=config["seed"],
-    log:
-        "logs/fit_teacher/pairwise.log",
-    benchmark:
-        "benchmarks/fit_teacher/pairwise.tsv"
-    threads: THREADS
-    resources:
-        **resources_of("fit_teacher"),
-    shell:
-        PD + " fit-fusion --kind pairwise --corpus {input.corpus:q} --queries {input.queries:q} --qrels {input.qrels:q}"
-        " --out {output.model:q} --pointwise-dir {input.pointwise:q} --loss-out {output.loss:q} --split {params.split}"
-        " --depth {params.f[depth]} --delta {params.delta} --seed {params.seed} > {log} 2>&1"
+if fit_method("pairwise") == "fusion-pairwise":
+
+    rule fit_fusion_pairwise:
+        """The pair terms on top of the fusion pointwise teacher, fitted on its held-out queries."""
+        input:
+            pointwise="results/teachers/pointwise/model",
+            corpus=CORPUS,
+            queries=QUERIES,
+            qrels=QRELS,
+        output:
+            model=directory("results/teachers/pairwise/model"),
+            loss="results/teachers/pairwise/fit_loss.parquet",
+        params:
+            split=config["train_split"],
+            f=fusion_settings("pairwise"),
+            delta=config["pairs"]["delta"],
+            seed=config["seed"],
+        log:
+            "logs/fit_teacher/pairwise.log",
+        benchmark:
+            "benchmarks/fit_teacher/pairwise.tsv"
+        threads: THREADS
+        resources:
+            **resources_of("fit_teacher"),
+        shell:
+            PD + " fit-fusion --kind pairwise --corpus {input.corpus:q} --queries {input.queries:q} --qrels {input.qrels:q}"
+            " --out {output.model:q} --pointwise-dir {input.pointwise:q} --loss-out {output.loss:q} --split {params.split}"
+            " --depth {params.f[depth]} --delta {params.delta} --seed {params.seed} > {log} 2>&1"
