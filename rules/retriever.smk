@@ -2,10 +2,15 @@
 
 
 rule init_checkpoint:
+    input:
+        corpus=[CORPUS] if config["student"].get("projection", "random") == "pca" else [],
     output:
         directory(ckpt(0)),
     params:
         base=config["student"]["init"],
+        projection=config["student"].get("projection", "random"),
+        passages=config["student"].get("projection_passages", 512),
+        corpus=lambda w, input: f"--corpus {input.corpus[0]}" if input.corpus else "",
         dim=config["student"]["dim"],
         query_maxlen=config["student"]["query_maxlen"],
         doc_maxlen=config["student"]["doc_maxlen"],
@@ -20,6 +25,8 @@ rule init_checkpoint:
     shell:
         PD + " init-checkpoint --base {params.base:q} --out {output:q} --dim {params.dim}"
         " --query-maxlen {params.query_maxlen} --doc-maxlen {params.doc_maxlen} --seed {params.seed}"
+        " --projection {params.projection} --projection-passages {params.passages}"
+        " {params.corpus}"
         " > {log} 2>&1"
 
 

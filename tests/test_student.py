@@ -48,6 +48,35 @@ def test_init_checkpoint_is_seeded(checkpoint, tmp_path, tiny_bert_dir):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_pca_projection_keeps_more_of_the_token_geometry(checkpoint, corpus, tmp_path, tiny_bert_dir):
+    from safetensors.torch import load_file
+
+    _, texts = corpus
+    out = tmp_path / "pca"
+    student.init_checkpoint(tiny_bert_dir, out, dim=16, query_maxlen=16, doc_maxlen=32, seed=0,
+                            projection="pca", passages=texts[:40])
+    pca = load_file(out / "model.safetensors")["linear.weight"]
+    rnd = load_file(checkpoint / "model.safetensors")["linear.weight"]
+    assert pca.shape == rnd.shape == (16, 32)
+    torch.testing.assert_close(pca @ pca.T, torch.eye(16), atol=1e-4, rtol=0)  # orthonormal rows
+    # the share of the passages' token energy each projection keeps: PCA's is the most any 16 rows can
+    from colbert.modeling.tokenization import DocTokenizer
+
+    model = student.load_student(str(out))
+    ids, mask = DocTokenizer(model.colbert_config).tensorize(texts[40:60])
+    with torch.no_grad():
+        tokens = model.bert(ids, attention_mask=mask)[0][mask.bool()]
+
+    def kept(w):
+        w = torch.linalg.qr(w.T).Q.T  # the same subspace, orthonormal rows
+        return float((tokens @ w.T).pow(2).sum() / tokens.pow(2).sum())
+
+    assert kept(pca) > kept(rnd)
+    with pytest.raises(ValueError, match="unknown projection"):
+        student.init_checkpoint(tiny_bert_dir, tmp_path / "x", dim=16, query_maxlen=16, doc_maxlen=32, seed=0,
+                                projection="svd")
+
+
 def test_reusing_sample_embeddings_does_not_change_the_index(checkpoint, corpus, tmp_path, capsys):
     df, texts = corpus
     stats, last_progress = {}, {}

@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query-maxlen", type=int, required=True)
     p.add_argument("--doc-maxlen", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--projection", choices=("random", "pca"), default="random",
+                   help="the new projection: colbert-ai's random initialisation, or PCA of passage tokens")
+    p.add_argument("--corpus", default=None, help="pca: the corpus whose passages it samples")
+    p.add_argument("--projection-passages", type=int, default=512, help="pca: passages sampled")
 
     p = sub.add_parser("index", help="PLAID index of the corpus")
     p.add_argument("--checkpoint", required=True)
@@ -282,7 +286,8 @@ def run(a: argparse.Namespace):
         return stages.prepare(a.data_dir, a.dataset, a.splits, a.out_dir, format=a.format, files=a.files)
     if s == "init-checkpoint":
         return stages.init_checkpoint(a.base, a.out, dim=a.dim, query_maxlen=a.query_maxlen,
-                                      doc_maxlen=a.doc_maxlen, seed=a.seed)
+                                      doc_maxlen=a.doc_maxlen, seed=a.seed, projection=a.projection,
+                                      corpus_path=a.corpus, projection_passages=a.projection_passages)
     if s == "index":
         return stages.index(a.checkpoint, a.corpus, a.out, nbits=a.nbits, doc_maxlen=a.doc_maxlen,
                             kmeans_niters=a.kmeans_niters, reuse_sample_embeddings=a.reuse_sample_embeddings,

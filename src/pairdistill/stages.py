@@ -75,11 +75,25 @@ def prepare(data_dir: str, dataset: str, splits: Sequence[str], out_dir: str, *,
     return stats
 
 
-def init_checkpoint(base: str, out: str, *, dim: int, query_maxlen: int, doc_maxlen: int, seed: int) -> None:
+def init_checkpoint(base: str, out: str, *, dim: int, query_maxlen: int, doc_maxlen: int, seed: int,
+                    projection: str = "random", corpus_path: str | None = None,
+                    projection_passages: int = 512) -> None:
+    """Iteration 0's checkpoint; a ``pca`` projection is fitted on a seeded sample of
+    ``projection_passages`` passages of the corpus."""
     from . import student
 
-    student.init_checkpoint(base, out, dim=dim, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen, seed=seed)
-    _log(f"initial checkpoint from {base} -> {out}")
+    passages: list[str] = []
+    if projection == "pca":
+        if corpus_path is None:
+            raise ValueError("init-checkpoint --projection pca needs --corpus")
+        texts = list(_texts(io.read_table(corpus_path, "corpus")).values())
+        rng = np.random.default_rng(seed)
+        chosen = np.sort(rng.choice(len(texts), size=min(projection_passages, len(texts)), replace=False))
+        passages = [texts[i] for i in chosen]
+    student.init_checkpoint(base, out, dim=dim, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen, seed=seed,
+                            projection=projection, passages=passages)
+    _log(f"initial checkpoint from {base} ({projection} projection"
+         f"{f' of {len(passages)} passages' if passages else ''}) -> {out}")
 
 
 def index(checkpoint: str, corpus_path: str, out: str, *, nbits: int, doc_maxlen: int, kmeans_niters: int,

@@ -109,11 +109,47 @@ def save_student(model, out_dir: str | Path) -> None:
         model.save(str(tmp))
 
 
+PROJECTIONS = ("random", "pca")
+
+
+def pca_projection(model, passages: Sequence[str], dim: int, batch: int = 32):
+    """(dim, hidden) rows: the top ``dim`` right singular vectors of the encoder's passage token
+    embeddings (as ColBERT sees them: its doc tokenizer, punctuation and padding left out), not
+    centred, since MaxSim compares raw inner products. Projecting on them keeps as much of the
+    backbone's token geometry as ``dim`` dimensions can, where a random projection keeps it only
+    on average."""
+    import torch
+    from colbert.modeling.tokenization import DocTokenizer
+
+    tokenizer = DocTokenizer(model.colbert_config)
+    hidden = []
+    with torch.inference_mode():
+        for start in range(0, len(passages), batch):
+            ids, mask = tokenizer.tensorize(list(passages[start:start + batch]))
+            out = model.bert(ids, attention_mask=mask)[0]
+            keep = torch.tensor(model.mask(ids, skiplist=model.skiplist), dtype=torch.bool)
+            hidden.append(out[keep].float())
+    tokens = torch.cat(hidden)
+    if tokens.shape[0] < dim:
+        raise ValueError(f"pca projection: {tokens.shape[0]} passage tokens cannot give {dim} components")
+    _, _, vt = torch.linalg.svd(tokens, full_matrices=False)
+    return vt[:dim].contiguous()
+
+
 def init_checkpoint(base: str, out_dir: str | Path, *, dim: int, query_maxlen: int, doc_maxlen: int,
-                    seed: int) -> None:
-    """Iteration 0: a ColBERT on ``base`` (its projection to ``dim`` is new, seeded)."""
+                    seed: int, projection: str = "random", passages: Sequence[str] = ()) -> None:
+    """Iteration 0: a ColBERT on ``base`` with a new projection to ``dim``: ``random`` (colbert-ai's
+    own initialisation, seeded) or ``pca`` (:func:`pca_projection` of ``passages``)."""
+    import torch
+
+    if projection not in PROJECTIONS:
+        raise ValueError(f"unknown projection {projection!r}; expected one of {PROJECTIONS}")
     runtime.seed_everything(seed)
     model = load_student(base, dim=dim, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)
+    if projection == "pca":
+        model.eval()
+        with torch.no_grad():
+            model.linear.weight.copy_(pca_projection(model, passages, dim))
     save_student(model, out_dir)
 
 
