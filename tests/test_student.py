@@ -72,6 +72,9 @@ def test_pca_projection_keeps_more_of_the_token_geometry(checkpoint, corpus, tmp
         return float((tokens @ w.T).pow(2).sum() / tokens.pow(2).sum())
 
     assert kept(pca) > kept(rnd)
+    with pytest.raises(ValueError, match="brings its trained projection"):  # a ColBERT checkpoint as the base
+        student.init_checkpoint(str(out), tmp_path / "y", dim=16, query_maxlen=16, doc_maxlen=32, seed=0,
+                                projection="pca", passages=texts[:40])
     with pytest.raises(ValueError, match="unknown projection"):
         student.init_checkpoint(tiny_bert_dir, tmp_path / "x", dim=16, query_maxlen=16, doc_maxlen=32, seed=0,
                                 projection="svd")

@@ -138,12 +138,16 @@ def pca_projection(model, passages: Sequence[str], dim: int, batch: int = 32):
 
 def init_checkpoint(base: str, out_dir: str | Path, *, dim: int, query_maxlen: int, doc_maxlen: int,
                     seed: int, projection: str = "random", passages: Sequence[str] = ()) -> None:
-    """Iteration 0: a ColBERT on ``base`` with a new projection to ``dim``: ``random`` (colbert-ai's
-    own initialisation, seeded) or ``pca`` (:func:`pca_projection` of ``passages``)."""
+    """Iteration 0: a ColBERT on ``base``. ``random``: the base's own projection when it is a
+    ColBERT checkpoint, else a new one initialised by colbert-ai (seeded); ``pca``: a new one from
+    :func:`pca_projection` of ``passages``."""
     import torch
 
     if projection not in PROJECTIONS:
         raise ValueError(f"unknown projection {projection!r}; expected one of {PROJECTIONS}")
+    if projection == "pca" and (Path(runtime.resolve_model(base)) / "artifact.metadata").exists():
+        raise ValueError(f"{base}: a ColBERT checkpoint brings its trained projection; a pca projection would "
+                         "replace it (set student.projection: random to keep it)")
     runtime.seed_everything(seed)
     model = load_student(base, dim=dim, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)
     if projection == "pca":
