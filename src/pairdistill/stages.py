@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -185,8 +186,6 @@ def fit_fusion_teacher(kind: str, corpus_path: str, queries_path: str, qrels_pat
                                   max_length=max_length, heldout=heldout, candidates=candidates,
                                   negatives=negatives, batch_size=batch_size, epochs=epochs, lr=lr, warmup=warmup,
                                   scale=scale, seed=seed, work_dir=work, loss_log=loss_out, log=_log)
-        import shutil
-
         shutil.rmtree(work, ignore_errors=True)
     else:
         stats = fusion.fit_fusion_pairwise(pointwise_dir, out, queries, positives, depth=depth, delta=delta, log=_log)
