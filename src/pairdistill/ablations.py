@@ -150,6 +150,15 @@ def paired_p_value(values: np.ndarray, full: np.ndarray) -> float:
     return float(stats.ttest_rel(values, full).pvalue)
 
 
+def _row(variant: str, iteration: int, eval_set: str, measure: str, values, full) -> dict:
+    """One table row: a system's per-query values against the full method's on the same queries."""
+    return {"variant": variant, "iteration": iteration, "eval_set": eval_set, "measure": measure,
+            "value": float(np.mean(values)) if len(values) else float("nan"),
+            "delta": float(np.mean(values) - np.mean(full)) if len(values) else float("nan"),
+            "p_value": float("nan") if variant == FULL else paired_p_value(values, full),
+            "n_queries": len(values)}
+
+
 def table(runs: Sequence[tuple[str, int, str, pd.DataFrame]], qrels: pd.DataFrame,
           measures: dict[str, Sequence[str]], eval_sets: dict[str, str],
           references: Sequence[tuple[str, str, pd.DataFrame]] = ()) -> pd.DataFrame:
@@ -172,11 +181,7 @@ def table(runs: Sequence[tuple[str, int, str, pd.DataFrame]], qrels: pd.DataFram
         if key not in per_query:
             raise ValueError(f"no run of the full method at iteration {iteration} on split {split!r}")
         for measure, values, full in zip(measures[split], per_query[variant, iteration, split], per_query[key]):
-            rows.append({"variant": variant, "iteration": iteration, "eval_set": eval_sets[split],
-                         "measure": measure, "value": float(np.mean(values)) if len(values) else float("nan"),
-                         "delta": float(np.mean(values) - np.mean(full)) if len(values) else float("nan"),
-                         "p_value": float("nan") if variant == FULL else paired_p_value(values, full),
-                         "n_queries": len(values)})
+            rows.append(_row(variant, iteration, eval_sets[split], measure, values, full))
     last = max((n for v, n, _, _ in runs if v == FULL), default=None)
     for name, split, run in references:
         if (FULL, last, split) not in per_query:
@@ -184,9 +189,7 @@ def table(runs: Sequence[tuple[str, int, str, pd.DataFrame]], qrels: pd.DataFram
         judged = qrels[qrels["split"] == split]
         values_by_measure = evaluate.per_query(run, judged, measures[split])[1]
         for measure, values, full in zip(measures[split], values_by_measure, per_query[FULL, last, split]):
-            rows.append({"variant": name, "iteration": last, "eval_set": eval_sets[split], "measure": measure,
-                         "value": float(np.mean(values)), "delta": float(np.mean(values) - np.mean(full)),
-                         "p_value": paired_p_value(values, full), "n_queries": len(values)})
+            rows.append(_row(name, last, eval_sets[split], measure, values, full))
     frame = pd.DataFrame(rows, columns=io.SCHEMAS["ablations"].names)
     order = {v: i for i, v in enumerate(dict.fromkeys([FULL, *(r[0] for r in runs), *(r[0] for r in references)]))}
     frame = frame.sort_values(["iteration", "eval_set"], kind="stable")
