@@ -59,6 +59,30 @@ def _scoring_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--part-rows", type=int, default=4096, help="rows per resumable part")
 
 
+def _inspect_args(sub) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--results", default="results", help="the run's results directory")
+    common.add_argument("--format", choices=("table", "tsv", "json"), default="table")
+    p = sub.add_parser("inspect", help="what the teachers said and the students did (reads results/ only)")
+    what = p.add_subparsers(dest="what", required=True)
+    q = what.add_parser("query", parents=[common], help="one query's top-k, both teachers, the students' ranks")
+    q.add_argument("query_id")
+    q.add_argument("--iteration", type=int, default=1, help="the round whose top-k and teacher scores to show")
+    q = what.add_parser("disagreements", parents=[common],
+                        help="pairs where the pairwise teacher reverses the pointwise order")
+    q.add_argument("--iteration", type=int, default=1)
+    q.add_argument("--top", type=int, default=20, help="most confident reversals shown")
+    q = what.add_parser("teachers", parents=[common],
+                        help="score distributions, calibration of P(a>b) on judged pairs, agreement")
+    q.add_argument("--iteration", type=int, default=1)
+    q = what.add_parser("runs", parents=[common], help="per-query metric differences between two systems")
+    q.add_argument("a", help="an iteration number or a run.parquet path")
+    q.add_argument("b", help="an iteration number or a run.parquet path")
+    q.add_argument("--split", default="test")
+    q.add_argument("--measure", default="nDCG@10")
+    q.add_argument("--top", type=int, default=10, help="queries shown that gained and lost most")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pairdistill", description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -256,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmarks", help="per-stage wall time and peak memory from benchmark files")
     p.add_argument("--dir", default="benchmarks")
 
+    _inspect_args(sub)
+
     p = sub.add_parser("summary", help="one table: systems as rows, measures as columns")
     p.add_argument("--metrics", nargs="+", required=True)
     p.add_argument("--out", required=True)
@@ -418,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             return 2
         return code
+    if a.stage == "inspect":  # output for a person or a script: no start and end lines
+        from . import inspection
+
+        return inspection.main(a)
     if "LOCAL_RANK" in os.environ:  # one of a data-parallel job's processes
         runtime.die_with_parent()
     runtime.set_threads(a.threads)
