@@ -243,7 +243,8 @@ def teacher_input(kind):
 
 def teacher_settings(kind, *keys):
     """The teacher settings a job's results depend on, as its params: a change reruns it."""
-    return {k: config["teachers"][kind][k] for k in keys}
+    defaults = {"precision": "fp32"}
+    return {k: config["teachers"][kind].get(k, defaults.get(k)) for k in keys}
 
 
 def speed_settings(kind):

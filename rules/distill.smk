@@ -16,7 +16,7 @@ rule pointwise:
     params:
         split=config["train_split"],
         model=teacher_model("pointwise"),
-        t=teacher_settings("pointwise", "family", "max_length", "add_positives"),
+        t=teacher_settings("pointwise", "family", "max_length", "add_positives", "precision"),
     log:
         "logs/pointwise/iter-{it}/shard-{shard}.log",
     benchmark:
@@ -29,6 +29,7 @@ rule pointwise:
         PD + " pointwise --topk {input.topk:q} --corpus {input.corpus:q} --queries {input.queries:q}"
         " --qrels {input.qrels:q} --out {output:q} --split {params.split} --model {params.model:q}"
         " --family {params.t[family]} --max-length {params.t[max_length]} --batch-size {resources.batch_size}"
+        " --precision {params.t[precision]}"
         " --add-positives {params.t[add_positives]} --part-rows {resources.part_rows} --cache {input.cache:q}"
         " > {log} 2>&1"
 
@@ -65,7 +66,7 @@ rule pairwise:
         "results/iter-{it}/pairwise/shard-{shard}.parquet",
     params:
         model=teacher_model("pairwise"),
-        t=teacher_settings("pairwise", "family", "max_length", "both_orders"),
+        t=teacher_settings("pairwise", "family", "max_length", "both_orders", "precision"),
     log:
         "logs/pairwise/iter-{it}/shard-{shard}.log",
     benchmark:
@@ -77,7 +78,7 @@ rule pairwise:
     shell:
         PD + " pairwise --pairs {input.pairs:q} --corpus {input.corpus:q} --queries {input.queries:q}"
         " --out {output:q} --model {params.model:q} --family {params.t[family]}"
-        " --max-length {params.t[max_length]} --batch-size {resources.batch_size}"
+        " --max-length {params.t[max_length]} --batch-size {resources.batch_size} --precision {params.t[precision]}"
         " --both-orders {params.t[both_orders]} --part-rows {resources.part_rows} --cache {input.cache:q}"
         " > {log} 2>&1"
 

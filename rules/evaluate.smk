@@ -80,7 +80,7 @@ rule rerank_teacher:
         depth=lambda w: config["evaluate"]["teacher_rerank"][f"{w.kind}_depth"],
         measures=config["evaluate"]["measures"],
         model=lambda w: teacher_model(w.kind),
-        t=lambda w: teacher_settings(w.kind, "family", "max_length", "batch_size"),
+        t=lambda w: teacher_settings(w.kind, "family", "max_length", "batch_size", "precision"),
         eval_set=f"{config['dataset']}/{EVAL_SPLITS[0]}",
     log:
         "logs/rerank_teacher/{kind}.log",
@@ -94,6 +94,7 @@ rule rerank_teacher:
         " --qrels {input.qrels:q} --out-dir results/teachers/{wildcards.kind}/rerank --split {params.split}"
         " --depth {params.depth} --measures {params.measures:q} --model {params.model:q}"
         " --family {params.t[family]} --max-length {params.t[max_length]} --batch-size {params.t[batch_size]}"
+        " --precision {params.t[precision]}"
         " --eval-set {params.eval_set:q} > {log} 2>&1"
 
 
@@ -170,7 +171,7 @@ rule pair_accuracy:
         depth=pair_accuracy_depth(),
         delta=config["pairs"]["delta"],
         model=teacher_model("pairwise"),
-        t=teacher_settings("pairwise", "family", "max_length", "batch_size"),
+        t=teacher_settings("pairwise", "family", "max_length", "batch_size", "precision"),
         eval_set=f"{config['dataset']}/{EVAL_SPLITS[0]}",
         point_system=f"pointwise teacher (top-{config['evaluate']['teacher_rerank']['pointwise_depth']} of iteration 0)",
         pair_system=f"pairwise teacher (top-{config['evaluate']['teacher_rerank']['pairwise_depth']} of the pointwise teacher)",
@@ -186,7 +187,7 @@ rule pair_accuracy:
         " --corpus {input.corpus:q} --queries {input.queries:q} --qrels {input.qrels:q} --out {output.pairs:q}"
         " --metrics-out {output.metrics:q} --split {params.split} --depth {params.depth} --delta {params.delta}"
         " --model {params.model:q} --family {params.t[family]} --max-length {params.t[max_length]}"
-        " --batch-size {params.t[batch_size]} --eval-set {params.eval_set:q}"
+        " --batch-size {params.t[batch_size]} --precision {params.t[precision]} --eval-set {params.eval_set:q}"
         " --pointwise-system {params.point_system:q} --pairwise-system {params.pair_system:q} > {log} 2>&1"
 
 

@@ -95,6 +95,9 @@ def test_round_two_scoring_reads_round_one_scores_of_its_shard(tmp_path, standin
     # the authors' teacher token budgets
     assert all("--max-length 180" in line for line in out.splitlines() if " pointwise --topk" in line)
     assert all("--max-length 360" in line for line in out.splitlines() if " pairwise --pairs" in line)
+    # teachers score in bf16 on a GPU (teachers.<kind>.precision auto)
+    scoring = [line for line in out.splitlines() if " pointwise --topk" in line or " pairwise --pairs" in line]
+    assert scoring and all("--precision auto" in line for line in scoring)
     # BEIR: ColBERTv2's query lengths per collection, kept in its index; ArguAna without self-matches
     index_beir = {re.search(r"results/iter-1/beir/([^/]+)/index", line).group(1): line
                   for line in out.splitlines() if " index --checkpoint results/iter-1/checkpoint" in line

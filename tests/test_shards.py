@@ -187,6 +187,12 @@ def test_pointwise_cache_reuses_the_same_teachers_scores_only(collection, tmp_pa
                              family="cross-encoder", max_length=40, batch_size=8,
                              cache=[str(tmp_path / "it1.parquet")])
     assert not other["cached"].any()
+    # so is another scoring dtype (teachers.pointwise.precision), and it is recorded with the scores
+    bf16 = stages.pointwise(*args, str(tmp_path / "bf16.parquet"), split="train", model=c["pointwise"],
+                            family="cross-encoder", max_length=48, batch_size=8, precision="bf16",
+                            cache=[str(tmp_path / "it1.parquet")])
+    assert not bf16["cached"].any()
+    assert json.loads(io.read_metadata(tmp_path / "bf16.parquet")["teacher"])["precision"] == "bf16"
 
 
 def test_pairwise_cache_serves_a_pair_in_either_order(collection, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pairdistill import io, teachers
+from pairdistill.errors import SettingError
 
 QUERIES = ["what is the capital of france", "who wrote hamlet", "how do bees make honey",
            "boiling point of water", "largest ocean on earth"]
@@ -151,6 +152,43 @@ def test_slow_tokenizer_fallback_matches_fast(tiny_t5_dir, tmp_path):
     fast = teachers.load_pointwise(tiny_t5_dir, device="cpu").score(QUERIES, DOCS)
     slow = teachers.load_pointwise(str(slow_dir), device="cpu").score(QUERIES, DOCS)
     np.testing.assert_allclose(slow, fast, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["pointwise", "pairwise"])
+def test_scoring_in_bf16_follows_fp32(kind, tiny_cross_encoder_dir, tiny_t5_dir):
+    """teachers.<kind>.precision bf16 (as duoT5-3B on a GPU), on CPU: the model's weights are bf16,
+    the scores come back as float32 and stay within bf16 rounding of the fp32 ones."""
+    if kind == "pointwise":
+        load, args = teachers.load_pointwise, (QUERIES, DOCS)
+        call = "score"
+    else:
+        load, args = teachers.load_pairwise, (QUERIES, DOCS, OTHER)
+        call = "prob"
+    for path in (tiny_cross_encoder_dir, tiny_t5_dir):
+        family = ("cross-encoder" if kind == "pointwise" else "bert-pairwise") if path == tiny_cross_encoder_dir \
+            else ("monot5" if kind == "pointwise" else "duot5")
+        fp32 = load(path, family, device="cpu")
+        bf16 = load(path, family, device="cpu", precision="bf16")
+        assert next(bf16.model.parameters()).dtype == torch.bfloat16
+        a, b = getattr(fp32, call)(*args), getattr(bf16, call)(*args)
+        assert b.dtype == np.float32 and np.isfinite(b).all()
+        np.testing.assert_allclose(b, a, atol=0.05, rtol=0.05)
+
+
+def test_precision_is_part_of_the_teacher_identity(tiny_cross_encoder_dir):
+    """Scores made in another dtype are another teacher's: the cache does not reuse them; fp32 keeps
+    the identity of files written before the setting existed, and fusion families ignore it."""
+    fp32 = json.loads(teachers.identity(tiny_cross_encoder_dir, "cross-encoder", "pointwise", 64))
+    bf16 = json.loads(teachers.identity(tiny_cross_encoder_dir, "cross-encoder", "pointwise", 64, "bf16"))
+    assert "precision" not in fp32 and bf16["precision"] == "bf16"
+    assert {k: v for k, v in bf16.items() if k != "precision"} == fp32
+    assert teachers.identity(tiny_cross_encoder_dir, "cross-encoder", "pointwise", 64, "auto") == \
+        teachers.identity(tiny_cross_encoder_dir, "cross-encoder", "pointwise", 64)  # auto on a CPU: fp32
+    assert teachers.scoring_precision("bf16", "pointwise", "fusion") == "fp32"
+    with pytest.raises(SettingError, match=r"^teachers\.pairwise\.precision: fp16 needs a GPU"):
+        teachers.load_pairwise(tiny_cross_encoder_dir, "bert-pairwise", device="cpu", precision="fp16")
+    with pytest.raises(SettingError, match=r"^teachers\.pointwise\.precision: 'fp8' is not one of"):
+        teachers.identity(tiny_cross_encoder_dir, "cross-encoder", "pointwise", 64, "fp8")
 
 
 def test_empty_input_and_progress(tiny_cross_encoder_dir, capsys):

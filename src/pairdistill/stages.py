@@ -244,7 +244,8 @@ def _reuse_or_score(rows: pd.DataFrame, hits: pd.DataFrame, keys: list[str], sta
 
 def pointwise(topk_path: str, corpus_path: str, queries_path: str, qrels_path: str, out: str, *,
               split: str, model: str, family: str, max_length: int, batch_size: int,
-              add_positives: bool = True, cache: Sequence[str] = (), part_rows: int = 4096) -> pd.DataFrame:
+              add_positives: bool = True, cache: Sequence[str] = (), part_rows: int = 4096,
+              precision: str = "fp32") -> pd.DataFrame:
     """Score every retrieved (query, passage) with the pointwise teacher; with ``add_positives`` the
     labelled positives of the retrieved queries are scored too (retriever columns null for those
     not retrieved), since training puts a positive in every group.
@@ -254,7 +255,7 @@ def pointwise(topk_path: str, corpus_path: str, queries_path: str, qrels_path: s
     the shard's queries, qrels and passages."""
     from . import teachers
 
-    identity = teachers.identity(model, family, "pointwise", max_length)  # a missing model fails here
+    identity = teachers.identity(model, family, "pointwise", max_length, precision)  # a missing model fails here
     topk = io.read_table(topk_path, "run")
     query_ids = sorted(set(topk["query_id"]))
     rows = topk.rename(columns={"rank": "retriever_rank", "score": "retriever_score"})
@@ -270,7 +271,8 @@ def pointwise(topk_path: str, corpus_path: str, queries_path: str, qrels_path: s
     hits = hits.drop_duplicates(keys).assign(cached=True)
 
     def make_score(todo: pd.DataFrame) -> Callable:
-        scorer = teachers.load_pointwise(model, family, max_length=max_length, batch_size=batch_size)
+        scorer = teachers.load_pointwise(model, family, max_length=max_length, batch_size=batch_size,
+                                         precision=precision)
         queries = _query_texts(queries_path, todo["query_id"].unique())
         corpus = _passages(corpus_path, todo["doc_id"].unique())
         _log(f"pointwise teacher {scorer.path} ({scorer.family}) on {len(todo)} pairs")
@@ -317,7 +319,7 @@ def _cached_pairs(paths: Sequence[str], identity: str, query_ids, both_orders: b
 
 def pairwise(pairs_path: str, corpus_path: str, queries_path: str, out: str, *, model: str, family: str,
              max_length: int, batch_size: int, both_orders: bool, cache: Sequence[str] = (),
-             part_rows: int = 4096) -> pd.DataFrame:
+             part_rows: int = 4096, precision: str = "fp32") -> pd.DataFrame:
     """P(doc_a > doc_b | q) for every sampled pair; with ``both_orders`` also P(doc_b > doc_a), and
     ``prob`` is their symmetrised mean (p_ab + 1 - p_ba) / 2, which cancels position bias.
 
@@ -325,13 +327,14 @@ def pairwise(pairs_path: str, corpus_path: str, queries_path: str, out: str, *, 
     resumable parts."""
     from . import teachers
 
-    identity = teachers.identity(model, family, "pairwise", max_length)
+    identity = teachers.identity(model, family, "pairwise", max_length, precision)
     sampled = io.read_table(pairs_path, "pairs")
     query_ids = sorted(set(sampled["query_id"]))
     keys = ["query_id", "doc_a", "doc_b"]
 
     def make_score(todo: pd.DataFrame) -> Callable:
-        scorer = teachers.load_pairwise(model, family, max_length=max_length, batch_size=batch_size)
+        scorer = teachers.load_pairwise(model, family, max_length=max_length, batch_size=batch_size,
+                                        precision=precision)
         queries = _query_texts(queries_path, todo["query_id"].unique())
         corpus = _passages(corpus_path, pd.concat([todo["doc_a"], todo["doc_b"]]).unique())
         _log(f"pairwise teacher {scorer.path} ({scorer.family}) on {len(todo)} pairs"
@@ -535,7 +538,8 @@ def _write_eval(run, qrels, out: Path, measures, *, system: str, iteration: int 
 
 def rerank_pointwise(run_path: str, corpus_path: str, queries_path: str, qrels_path: str, out_dir: str, *,
                      split: str, depth: int, measures: Sequence[str], model: str, family: str, max_length: int,
-                     batch_size: int, eval_set: str, system: str | None = None) -> pd.DataFrame:
+                     batch_size: int, eval_set: str, system: str | None = None,
+                     precision: str = "fp32") -> pd.DataFrame:
     """The pointwise teacher as a reranker of the top-``depth`` of a run (e.g. iteration 0's)."""
     from . import teachers
 
@@ -543,7 +547,8 @@ def rerank_pointwise(run_path: str, corpus_path: str, queries_path: str, qrels_p
     queries, qrels = _split_queries(queries_path, qrels_path, split, judged_only=True)
     head = run[run["rank"] <= depth]
     corpus = _passages(corpus_path, head["doc_id"].unique())
-    scorer = teachers.load_pointwise(model, family, max_length=max_length, batch_size=batch_size)
+    scorer = teachers.load_pointwise(model, family, max_length=max_length, batch_size=batch_size,
+                                     precision=precision)
     scores = pd.Series(scorer.score([queries[q] for q in head["query_id"]], [corpus[d] for d in head["doc_id"]],
                                     progress_label="rerank-pointwise"), index=head.index)
     reranked = evaluate.rerank_top(run, scores, depth)
@@ -554,7 +559,7 @@ def rerank_pointwise(run_path: str, corpus_path: str, queries_path: str, qrels_p
 
 def rerank_pairwise(run_path: str, corpus_path: str, queries_path: str, qrels_path: str, out_dir: str, *,
                     split: str, depth: int, measures: Sequence[str], model: str, family: str, max_length: int,
-                    batch_size: int, eval_set: str) -> pd.DataFrame:
+                    batch_size: int, eval_set: str, precision: str = "fp32") -> pd.DataFrame:
     """The pairwise teacher as a reranker: every ordered pair of a run's top-``depth`` (e.g. the
     pointwise teacher's), aggregated with duoT5's sym-sum."""
     from . import teachers
@@ -566,7 +571,8 @@ def rerank_pairwise(run_path: str, corpus_path: str, queries_path: str, qrels_pa
     ordered = head.merge(head, on="query_id", suffixes=("_a", "_b"))
     ordered = ordered[ordered["doc_id_a"] != ordered["doc_id_b"]].rename(
         columns={"doc_id_a": "doc_a", "doc_id_b": "doc_b"}).reset_index(drop=True)
-    scorer = teachers.load_pairwise(model, family, max_length=max_length, batch_size=batch_size)
+    scorer = teachers.load_pairwise(model, family, max_length=max_length, batch_size=batch_size,
+                                    precision=precision)
     ordered["p_ab"] = scorer.prob([queries[q] for q in ordered["query_id"]], [corpus[d] for d in ordered["doc_a"]],
                                   [corpus[d] for d in ordered["doc_b"]], progress_label="rerank-pairwise")
     agg = evaluate.sym_sum(ordered)
@@ -592,7 +598,8 @@ def summarize(metric_paths: Sequence[str], out: str, out_tsv: str | None = None)
 def pair_accuracy(student_run_path: str, pointwise_run_path: str, qrels_path: str, queries_path: str,
                   corpus_path: str, out: str, metrics_out: str, *, split: str, depth: int, delta: int,
                   pairwise_model: str, pairwise_family: str, pairwise_max_length: int, batch_size: int,
-                  eval_set: str, pointwise_system: str, pairwise_system: str) -> pd.DataFrame:
+                  eval_set: str, pointwise_system: str, pairwise_system: str,
+                  pairwise_precision: str = "fp32") -> pd.DataFrame:
     """Pair accuracy (the paper's Table 5) of the student, the pointwise and the pairwise teacher
     on the same judged pairs: in the pointwise teacher's reranked top-``depth`` of the student's
     run, every (relevant, non-relevant) pair less than ``delta`` ranks apart, as pair sampling
@@ -615,7 +622,7 @@ def pair_accuracy(student_run_path: str, pointwise_run_path: str, qrels_path: st
     pairs_df = pd.DataFrame(rows, columns=["query_id", "doc_rel", "doc_non", "rank_rel", "rank_non"])
     corpus = _passages(corpus_path, pd.concat([pairs_df["doc_rel"], pairs_df["doc_non"]]).unique())
     scorer = teachers.load_pairwise(pairwise_model, pairwise_family, max_length=pairwise_max_length,
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, precision=pairwise_precision)
     q = [queries[x] for x in pairs_df["query_id"]]
     a, b = [corpus[x] for x in pairs_df["doc_rel"]], [corpus[x] for x in pairs_df["doc_non"]]
     probs = scorer.prob(q + q, a + b, b + a, progress_label="pair-accuracy") if len(q) else np.zeros(0)

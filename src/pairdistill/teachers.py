@@ -151,13 +151,28 @@ def _resolve(model: str, family: str, kind: str, max_length: int | None):
     return path, family, max_length
 
 
-def identity(model: str, family: str, kind: str, max_length: int | None) -> str:
+def identity(model: str, family: str, kind: str, max_length: int | None, precision: str = "fp32") -> str:
     """Which teacher produced a score, as a JSON string stored with the scores: family, token
-    budget and the model's :func:`runtime.model_fingerprint`. A score is reused from an earlier iteration's file
-    only when this matches exactly."""
+    budget, the model's :func:`runtime.model_fingerprint` and, unless fp32, the dtype it scores in
+    on this job's device (:func:`scoring_precision`). A score is reused from an earlier iteration's
+    file only when this matches exactly."""
     path, family, max_length = _resolve(model, family, kind, max_length)
-    return json.dumps({"kind": kind, "family": family, "max_length": max_length,
-                       "fingerprint": runtime.model_fingerprint(path)}, sort_keys=True)
+    out = {"kind": kind, "family": family, "max_length": max_length, "fingerprint": runtime.model_fingerprint(path)}
+    dtype = scoring_precision(precision, kind, family)
+    if dtype != "fp32":
+        out["precision"] = dtype
+    return json.dumps(out, sort_keys=True)
+
+
+def scoring_precision(precision: str, kind: str, family: str, device: str = "auto") -> str:
+    """The dtype ``teachers.<kind>.precision`` scores in on this job's device: ``auto`` is bf16 on a
+    GPU that has it, else fp32; fp16 without a GPU is a SettingError naming the key. The fusion
+    families (BM25 and small bi-encoders) always score in fp32."""
+    from .train import resolve_precision
+
+    if family.startswith("fusion"):
+        return "fp32"
+    return resolve_precision(precision, runtime.device(device), key=f"teachers.{kind}.precision")
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,12 +412,12 @@ class FusionPairwiseScorer(_LoadedTeacher):
         return self.model.prob(list(queries), list(docs_a), list(docs_b), progress_label)
 
 
-def _in_precision(model, precision: str, dev: torch.device):
+def _in_precision(model, precision: str, dev: torch.device, kind: str):
     """The teacher in ``precision`` (fp32 | bf16 | fp16 | auto: bf16 on a GPU that has it, else fp32)."""
     from .train import resolve_precision
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    return model.to(dtype[resolve_precision(precision, dev)])
+    return model.to(dtype[resolve_precision(precision, dev, key=f"teachers.{kind}.precision")])
 
 
 def load_pointwise(model: str, family: str = "auto", max_length: int | None = None,
@@ -418,7 +433,8 @@ def load_pointwise(model: str, family: str = "auto", max_length: int | None = No
 
         return FusionScorer(Features(path, device=str(dev), batch_size=batch_size), None, family, max_length,
                             batch_size, dev, path)
-    return PointwiseScorer(_in_precision(_load_model(path, family, dev), precision, dev), load_tokenizer(path), family,
+    return PointwiseScorer(_in_precision(_load_model(path, family, dev), precision, dev, "pointwise"),
+                           load_tokenizer(path), family,
                            max_length, batch_size, dev, path)
 
 
@@ -432,7 +448,8 @@ def load_pairwise(model: str, family: str = "auto", max_length: int | None = Non
 
         return FusionPairwiseScorer(PairwiseFusion(path, device=str(dev), batch_size=batch_size), None, family,
                                     max_length, batch_size, dev, path)
-    return PairwiseScorer(_in_precision(_load_model(path, family, dev), precision, dev), load_tokenizer(path), family,
+    return PairwiseScorer(_in_precision(_load_model(path, family, dev), precision, dev, "pairwise"),
+                          load_tokenizer(path), family,
                           max_length, batch_size, dev, path)
 
 

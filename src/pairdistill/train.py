@@ -624,19 +624,19 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``train.precision`` on this job's device: ``auto`` is bf16 on a GPU that has it, else fp32;
-    a precision the device lacks is a :class:`SettingError` naming the key."""
+def resolve_precision(precision: str, device: torch.device, key: str = "train.precision") -> str:
+    """``precision`` (the setting ``key``) on this job's device: ``auto`` is bf16 on a GPU that has
+    it, else fp32; a precision the device lacks is a :class:`SettingError` naming the key."""
     if precision not in PRECISIONS:
-        raise SettingError(f"train.precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+        raise SettingError(f"{key}: {precision!r} is not one of {', '.join(PRECISIONS)}")
     cuda = device.type == "cuda"
     bf16 = cuda and torch.cuda.is_bf16_supported()
     if precision == "auto":
         return "bf16" if bf16 else "fp32"
     if precision == "fp16" and not cuda:
-        raise SettingError("train.precision: fp16 needs a GPU and this job has none (use fp32 or bf16)")
+        raise SettingError(f"{key}: fp16 needs a GPU and this job has none (use fp32 or bf16)")
     if precision == "bf16" and cuda and not bf16:
-        raise SettingError(f"train.precision: bf16 is not supported by {torch.cuda.get_device_name(device)} "
+        raise SettingError(f"{key}: bf16 is not supported by {torch.cuda.get_device_name(device)} "
                            "(use fp16 or fp32)")
     return precision
 
