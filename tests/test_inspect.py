@@ -125,6 +125,7 @@ def test_bad_inputs_one_line_exit_2(results, capsys):
     assert "'nope'" in _one_error(capsys, "query", "nope", "--results", r)
     assert "iteration=3" in _one_error(capsys, "disagreements", "--iteration", "3", "--results", r)
     assert "'t1'" in _one_error(capsys, "query", "t1", "--results", r)  # a test query has no round
+    assert "rounds start at iteration 1" in _one_error(capsys, "teachers", "--iteration", "0", "--results", r)
     (results / "iter-1/pairwise.parquet").unlink()
     line = _one_error(capsys, "teachers", "--results", r)
     assert "iter-1/pairwise.parquet not found: run snakemake --config iteration=1 first" in line

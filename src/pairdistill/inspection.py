@@ -48,6 +48,13 @@ def check_iteration(results: str | Path, n: int) -> None:
         raise InspectError(f"iteration {n} not found in {results} ({where}): run snakemake --config iteration={n} first")
 
 
+def check_round(results: str | Path, n: int) -> None:
+    """A round with teacher scores: iteration 1 or later, and run."""
+    if n < 1:
+        raise InspectError(f"iteration {n} has no teacher scores: rounds start at iteration 1")
+    check_iteration(results, n)
+
+
 def _missing_hint(path: Path) -> str:
     m = re.search(r"iter-(\d+)", str(path))
     if m:
@@ -129,9 +136,7 @@ def query(results: str | Path, query_id: str, iteration: int = 1) -> Report:
     queries = read(_data(results, "queries"), "queries", rows=("query_id", [query_id]))
     if queries.empty:
         raise InspectError(f"query {query_id!r} not in {_data(results, 'queries')}")
-    check_iteration(results, iteration)
-    if iteration < 1:
-        raise InspectError(f"iteration {iteration} has no teacher scores: rounds start at iteration 1")
+    check_round(results, iteration)
     pw_path = _iter(results, iteration, "pointwise")
     topk = read(pw_path, "pointwise", rows=("query_id", [query_id]))
     if topk.empty:
@@ -166,7 +171,7 @@ def disagreement_by_gap(pairs: pd.DataFrame) -> pd.DataFrame:
 
 def disagreements(results: str | Path, iteration: int = 1, top: int = 20) -> Report:
     results = Path(results)
-    check_iteration(results, iteration)
+    check_round(results, iteration)
     pairs = read(_iter(results, iteration, "pairwise"), "pairwise")
     if pairs.empty:
         raise InspectError(f"{_iter(results, iteration, 'pairwise')}: no pairs")
@@ -218,7 +223,7 @@ def calibration(pairs: pd.DataFrame, bins: int = 10) -> pd.DataFrame:
 
 def teachers(results: str | Path, iteration: int = 1) -> Report:
     results = Path(results)
-    check_iteration(results, iteration)
+    check_round(results, iteration)
     point = read(_iter(results, iteration, "pointwise"), "pointwise")
     pairs = read(_iter(results, iteration, "pairwise"), "pairwise")
     rel = _relevance(results, pairs["query_id"].unique().tolist())
@@ -335,5 +340,10 @@ def main(a) -> int:
     except InspectError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
-    print(render(report, a.format), flush=True)
+    try:
+        print(render(report, a.format), flush=True)
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
