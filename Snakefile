@@ -2,6 +2,7 @@
 #   snakemake --cores 2                       # the embedded default (config.yaml)
 #   snakemake --cores 2 --config iteration=3  # one more round; only its jobs run
 #   snakemake --cores 2 ablations             # the ablation variants and their table (not in `all`)
+#   snakemake --cores 2 figures && snakemake figures --report results/report.html   # the HTML report
 import os
 
 from snakemake.utils import min_version
@@ -12,6 +13,9 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/retriever.smk"
@@ -19,6 +23,7 @@ include: "rules/teachers.smk"
 include: "rules/distill.smk"
 include: "rules/evaluate.smk"
 include: "rules/ablations.smk"
+include: "rules/report.smk"
 
 
 rule all:

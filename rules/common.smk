@@ -314,3 +314,13 @@ def print_summary():
     cache = Path("results/teacher_cache.tsv")
     if cache.exists() and len(cache.read_text().splitlines()) > 1:
         print("Teacher scores reused from earlier iterations (results/teacher_cache.tsv):\n" + cache.read_text())
+
+
+def ablation_table_if_built():
+    """The figures draw the ablation table when `snakemake ablations` has built it."""
+    return ["results/ablations.parquet"] if os.path.exists("results/ablations.parquet") else []
+
+
+def figure(name, category, subcategory=None):
+    return report(f"results/figures/{name}.png", caption=f"../report/{name}.rst", category=category,
+                  subcategory=subcategory)

@@ -72,3 +72,20 @@ def test_a_fusion_setting_refits_the_teachers_but_not_the_student(run):
     assert {"fit_fusion_pointwise", "fit_fusion_pairwise", "pointwise", "pairwise", "train"} <= rules
     assert not rules & {"prepare", "init_checkpoint", "retrieve"}
     assert "index" in rules  # iteration 1's index follows its retrained checkpoint ...
+
+
+REPORT_SECTIONS = ("3. Teachers", "4. Training", "5. Evaluation", "6. Time and memory", "summary.tsv",
+                   "metrics.png", "loss.png", "teacher_scores.png", "disagreement.png", "teacher_cache.png",
+                   "benchmarks.png")
+
+
+def test_report_has_every_section(run):
+    w = run["workdir"]
+    # the target after a flag: --configfile takes every plain word that follows it
+    snakemake(w, "-p", "figures", configfiles=(run["config"],))
+    for name in ("metrics", "loss", "teacher_scores", "disagreement", "teacher_cache", "benchmarks"):
+        assert (w / f"results/figures/{name}.png").read_bytes().startswith(b"\x89PNG"), name
+    snakemake(w, "--report", str(w / "results/report.html"), "figures", configfiles=(run["config"],))
+    html = (w / "results/report.html").read_text()
+    missing = [s for s in REPORT_SECTIONS if s not in html]
+    assert not missing, missing

@@ -284,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     _inspect_args(sub)
 
+    p = sub.add_parser("figures", help="the report's figures (PNG) from a run's artifacts")
+    for name in ("--summary", "--cache", "--out-dir"):
+        p.add_argument(name, required=True)
+    for name in ("--losses", "--pointwise", "--pairwise"):
+        p.add_argument(name, nargs="*", default=[], help="one file per round")
+    p.add_argument("--ablations", default=None, help="the ablation table, when it was built")
+    p.add_argument("--benchmarks", default="benchmarks", help="Snakemake's benchmark files")
+
     p = sub.add_parser("summary", help="one table: systems as rows, measures as columns")
     p.add_argument("--metrics", nargs="+", required=True)
     p.add_argument("--out", required=True)
@@ -398,6 +406,11 @@ def run(a: argparse.Namespace):
         from . import selfcheck
 
         return selfcheck.run(a.device, small=a.small, out=a.out, parts=tuple(a.parts))
+    if s == "figures":
+        from . import figures
+
+        return figures.draw_all(summary=a.summary, losses_=a.losses, pointwise=a.pointwise, pairwise=a.pairwise,
+                                cache=a.cache, benchmarks_dir=a.benchmarks, out_dir=a.out_dir, ablations=a.ablations)
     if s == "benchmarks":
         from .benchmarks import report
 

@@ -1,0 +1,175 @@
+"""Figures of a run for ``snakemake --report``: metrics per round, loss curves, teacher scores,
+the teachers' disagreement by rank gap, teacher-cache hit rates, and time and memory per stage.
+
+Each function reads artifacts (see the README's *Artifacts*) and writes one PNG. matplotlib runs
+headless (Agg).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import io
+from .benchmarks import collect
+from .inspection import disagreement_by_gap
+
+FIGURES = ("metrics", "loss", "teacher_scores", "disagreement", "teacher_cache", "benchmarks")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _iteration_of(path: str | Path) -> int:
+    return int(next(p for p in Path(path).parts if p.startswith("iter-"))[len("iter-"):])
+
+
+def _save(fig, out: str | Path) -> None:
+    fig.tight_layout()
+    with io.atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    _plt().close(fig)
+
+
+def _empty(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} in this run", ha="center", va="center", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def metrics(summary: str | Path, out: str | Path, ablations: str | Path | None = None) -> None:
+    """Each measure per round, one panel per measure, a line per evaluation set (and per ablation
+    variant when the ablation table exists); non-iteration systems as dotted horizontal lines."""
+    plt = _plt()
+    s = pd.read_parquet(summary)
+    its = s[s["iteration"].notna()].copy()
+    refs = s[s["iteration"].isna()]
+    measures = [c for c in s.columns if c not in ("system", "iteration", "eval_set") and its[c].notna().any()]
+    cols = min(3, max(1, len(measures)))
+    rows = -(-max(1, len(measures)) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(measures):]:
+        ax.set_axis_off()
+    ab = pd.read_parquet(ablations) if ablations else None
+    if ab is not None:
+        # the table also holds reference systems (one row at the last iteration); the variants are
+        # those with a directory of their own under results/ablations/
+        variants = {p.name for p in (Path(ablations).parent / "ablations").iterdir() if p.is_dir()}
+        ab = ab[ab["variant"].isin(variants)]
+    for ax, m in zip(axes.flat, measures):
+        for eval_set, g in its.groupby("eval_set"):
+            g = g.sort_values("iteration")
+            ax.plot(g["iteration"], g[m], marker="o", label=f"PairDistill {eval_set}")
+        if ab is not None:
+            for (variant, eval_set), g in ab[ab["measure"] == m].groupby(
+                    ["variant", "eval_set"]):
+                g = g.sort_values("iteration")
+                ax.plot(g["iteration"], g["value"], marker="s", linestyle="--", label=f"{variant} {eval_set}")
+        for _, r in refs[refs[m].notna()].iterrows():
+            ax.axhline(r[m], linestyle=":", linewidth=1, color="grey")
+            ax.annotate(str(r["system"])[:28], (0, r[m]), fontsize=6, color="grey", va="bottom")
+        ax.set_title(m)
+        ax.set_xlabel("iteration")
+        ax.set_xticks(sorted(its["iteration"].astype(int).unique()))
+    axes.flat[0].legend(fontsize=7)
+    _save(fig, out)
+
+
+def losses(paths: list[str | Path], out: str | Path) -> None:
+    """Total, contrastive, KD and pairwise loss per step, a panel per term, a line per round."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for path in paths:
+        df = io.read_table(path, "loss")
+        for ax, col in zip(axes, ("loss", "loss_cl", "loss_kd", "loss_pair")):
+            ax.plot(df["step"], df[col], label=f"round {_iteration_of(path)}")
+    for ax, col in zip(axes, ("loss (total)", "loss_cl", "loss_kd", "loss_pair")):
+        ax.set_title(col)
+        ax.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    _save(fig, out)
+
+
+def teacher_scores(pointwise: list[str | Path], pairwise: list[str | Path], out: str | Path) -> None:
+    """Histograms of the pointwise teacher's scores and of the pairwise target P(a>b), per round."""
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for path in pointwise:
+        a.hist(io.read_table(path, "pointwise")["teacher_score"], bins=50, alpha=0.5,
+               label=f"round {_iteration_of(path)}")
+    for path in pairwise:
+        b.hist(io.read_table(path, "pairwise")["prob"], bins=40, range=(0, 1), alpha=0.5,
+               label=f"round {_iteration_of(path)}")
+    a.set_title("pointwise teacher score")
+    b.set_title("pairwise teacher P(a>b), a above b for the pointwise one")
+    b.axvline(0.5, color="grey", linestyle=":")
+    for ax in (a, b):
+        ax.set_ylabel("count")
+        if ax.has_data():
+            ax.legend(fontsize=7)
+    _save(fig, out)
+
+
+def disagreement(pairwise: list[str | Path], out: str | Path) -> None:
+    """The rate of pairs where the pairwise teacher reverses the pointwise order, by rank gap."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for path in pairwise:
+        by = disagreement_by_gap(io.read_table(path, "pairwise"))
+        ax.plot(by["gap"], by["rate"], marker="o", label=f"round {_iteration_of(path)}")
+    ax.set_xlabel("rank gap |rank_a - rank_b| (pointwise teacher ranks)")
+    ax.set_ylabel("reversal rate (P(a>b) < 0.5)")
+    if ax.has_data():
+        ax.legend(fontsize=7)
+    else:
+        _empty(ax, "pairs")
+    _save(fig, out)
+
+
+def teacher_cache(cache_tsv: str | Path, out: str | Path) -> None:
+    """Share of each round's teacher scoring reused from the earlier round, per teacher."""
+    plt = _plt()
+    df = pd.read_csv(cache_tsv, sep="\t")
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    if df.empty:
+        _empty(ax, "teacher scores")
+    else:
+        wide = df.pivot(index="iteration", columns="teacher", values="hit_rate")
+        wide.plot.bar(ax=ax, rot=0)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("hit rate (scores reused)")
+    _save(fig, out)
+
+
+def benchmarks(directory: str | Path, out: str | Path) -> None:
+    """Wall time and peak RSS of every job, summed (time) or maxed (memory) per rule."""
+    plt = _plt()
+    df = collect(directory) if Path(directory).is_dir() else pd.DataFrame()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 0.5 + 0.3 * max(4, df["rule"].nunique() if len(df) else 4)))
+    if df.empty:
+        _empty(a, "benchmark files")
+        _empty(b, "benchmark files")
+    else:
+        by = df.groupby("rule").agg(seconds=("seconds", "sum"), max_rss_mb=("max_rss_mb", "max"))
+        by = by.sort_values("seconds")
+        a.barh(by.index, by["seconds"])
+        a.set_xlabel("wall time, all jobs (s)")
+        b.barh(by.index, by["max_rss_mb"])
+        b.set_xlabel("peak RSS of a job (MB)")
+    _save(fig, out)
+
+
+def draw_all(*, summary, losses_, pointwise, pairwise, cache, benchmarks_dir, out_dir, ablations=None) -> None:
+    out = Path(out_dir)
+    metrics(summary, out / "metrics.png", ablations)
+    losses(losses_, out / "loss.png")
+    teacher_scores(pointwise, pairwise, out / "teacher_scores.png")
+    disagreement(pairwise, out / "disagreement.png")
+    teacher_cache(cache, out / "teacher_cache.png")
+    benchmarks(benchmarks_dir, out / "benchmarks.png")
