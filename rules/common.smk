@@ -304,7 +304,9 @@ def gathered_files():
 
 
 def final_outputs():
-    return [*metric_files(), *gathered_files(), "results/summary.parquet", "results/teacher_cache.tsv"]
+    # the report's figures (rules/report.smk; a few seconds) once a round has trained
+    figures = ["results/figures/metrics.png"] if ITERATION >= 1 else []
+    return [*metric_files(), *gathered_files(), "results/summary.parquet", "results/teacher_cache.tsv", *figures]
 
 
 def print_summary():

@@ -1,6 +1,7 @@
-# Figures for `snakemake figures --report results/report.html` (a target of their own, not part of
-# `all`). The figures read the artifacts of every round; the ablation table is drawn when it exists
-# (`snakemake ablations`), and the benchmark files of every job that has run.
+# Figures for `snakemake --report results/report.html`, drawn by every run (part of `all` once a
+# round has trained; a few seconds). The figures read the artifacts of every round; the ablation
+# table is drawn when it exists (`snakemake ablations` reruns this rule), and the benchmark files of
+# every job that has run.
 import shlex
 
 

@@ -69,6 +69,7 @@ def test_paper_config_plans_every_job_of_both_iterations(tmp_path, standins, sha
         "evaluate": 3 * 3,              # dev, DL19, DL20 for each of the three retrievers
         "evaluate_beir": 3 * beir,
         "summary": 1,
+        "figures": 1,                   # the report's figures
     }
     outputs = {o for _, outs in jobs for o in outs}
     assert f"results/iter-2/pairwise/shard-{shards - 1:03d}-of-{shards:03d}.parquet" in outputs
