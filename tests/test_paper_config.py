@@ -92,6 +92,7 @@ def test_round_two_scoring_reads_round_one_scores_of_its_shard(tmp_path, standin
                  "--temperature 1.0", "--doc-maxlen 180", "--query-maxlen 32", "--unlabelled-queries True",
                  "--contrastive-negatives in_batch", "--precision auto"):
         assert flag in train, flag
+    assert all("--num-partitions None" in line for line in out.splitlines() if " index --checkpoint" in line)
     assert "--pairs-per-query 50" in out and "--delta 10" in out and "--k 100 " in out
     # the authors' teacher token budgets
     assert all("--max-length 180" in line for line in out.splitlines() if " pointwise --topk" in line)

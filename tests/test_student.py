@@ -96,6 +96,15 @@ def test_reusing_sample_embeddings_does_not_change_the_index(checkpoint, corpus,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx-False", "idx-True"]  # no temporary left
 
 
+def test_num_partitions_is_a_cap(checkpoint, corpus, tmp_path):
+    """index.num_partitions caps colbert-ai's count: a collection whose own count is smaller keeps it."""
+    import math
+    df, texts = corpus
+    stats = student.build_index(checkpoint, df, texts, tmp_path / "idx", nbits=2, doc_maxlen=32, kmeans_niters=1,
+                                num_partitions=1 << 20)
+    assert stats["num_partitions"] == 2 ** math.floor(math.log2(16 * math.sqrt(stats["num_embeddings"])))
+
+
 def test_search_returns_document_ids(checkpoint, corpus, tmp_path):
     df, texts = corpus
     stats = student.build_index(checkpoint, df, texts, tmp_path / "idx", nbits=2, doc_maxlen=32, kmeans_niters=2,

@@ -222,9 +222,10 @@ def _passage_embedding_cache(progress, reuse: bool, chunk: int = 256):
 
 @contextlib.contextmanager
 def _num_partitions(n: int | None) -> Iterator[None]:
-    """Make colbert-ai's indexer use ``n`` k-means centroids instead of its own choice,
+    """Make colbert-ai's indexer use at most ``n`` k-means centroids instead of its own choice,
     2^floor(log2(16 sqrt(#embeddings))), which is 8192 for SciFact's 0.6M embeddings: on CPU
-    its k-means then takes ~30 s per iteration. None keeps colbert-ai's choice."""
+    its k-means then takes ~30 s per iteration. A smaller collection whose own choice is below
+    ``n`` keeps it. None keeps colbert-ai's choice."""
     from colbert.indexing.collection_indexer import CollectionIndexer
 
     if n is None:
@@ -234,7 +235,7 @@ def _num_partitions(n: int | None) -> Iterator[None]:
 
     def setup(self):
         original(self)
-        if self.num_partitions != n:
+        if self.num_partitions > n:
             self.num_partitions = n
             self._save_plan()  # the plan on disk says what the index was built with
 
