@@ -66,6 +66,18 @@ def test_summary_has_table_5_and_the_baselines(run):
     assert acc["iteration 0"] == pytest.approx(pairs["student_right"].mean())
 
 
+def test_a_finished_run_has_nothing_to_do(run):
+    """The pairwise teacher links the pointwise teacher's files; Snakemake's timestamp of that
+    directory must not be among them, or finishing the pairwise fit makes the pointwise teacher
+    (and every round after it) look updated to the next invocation."""
+    assert dry_run(run["workdir"], configfiles=(run["config"],)) == []
+    point = run["workdir"] / "results/teachers/pointwise/model"
+    pair = run["workdir"] / "results/teachers/pairwise/model"
+    assert not any(p.name.startswith(".") for p in pair.iterdir() if p.name != ".snakemake_timestamp")
+    if (pair / ".snakemake_timestamp").exists() and (point / ".snakemake_timestamp").exists():
+        assert not (pair / ".snakemake_timestamp").samefile(point / ".snakemake_timestamp")
+
+
 def test_a_fusion_setting_refits_the_teachers_but_not_the_student(run):
     changed = write_config(run["root"] / "heldout.yaml", {"teachers": {"pointwise": {"fit": {"heldout": 0.5}}}})
     rules = {rule for rule, _ in dry_run(run["workdir"], configfiles=(run["config"], changed))}
