@@ -265,7 +265,7 @@ def test_rerun_plans(done):
     assert dry_run(workdir, "ablations", "--config", run, configfiles=(cfg,)) == []
     # one variant's setting changed: that variant's jobs and the table, nothing else
     changed = dry_run(workdir, "ablations", "--config",
-                      "ablations={run: [pair-1, pair-5], variants: {pair-5: {train: {lr: 0.0001}}}}",
+                      "ablations={run: [pair-1, pair-5], variants: {pair-5: {train: {lr: 0.0002}}}}",
                       configfiles=(cfg,))
     assert Counter(rule for rule, _ in changed) == {"ablation_train": 2, "ablation_index": 2,
                                                     "ablation_evaluate": 2, "ablation_table": 1}
