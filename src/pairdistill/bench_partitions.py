@@ -18,11 +18,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import yaml
 
 from . import evaluate, runtime, stages, student
-from .bench_student import MEASURES, heldout_queries
+from .bench_student import MEASURES, heldout_queries, show_table
 
 
 def main(argv=None) -> None:
@@ -68,10 +67,7 @@ def main(argv=None) -> None:
                      **{m: float(v.mean()) for m, v in zip(MEASURES, values)},
                      "p vs colbert-ai's choice": float(ttest_rel(values[0], per_query["colbert-ai's choice"][0]).pvalue)})
         print(json.dumps(rows[-1]), flush=True)
-    table = pd.DataFrame(rows)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if a.out:
-        table.to_csv(a.out, sep="\t", index=False)
+    show_table(rows, a.out)
 
 
 if __name__ == "__main__":

@@ -156,10 +156,16 @@ def main(argv=None) -> None:
     for row in rows:
         if row["setting"] != ref:
             row[f"p vs {ref}"] = float(ttest_rel(per_query[row["setting"]][0], per_query[ref][0]).pvalue)
+    show_table(rows, a.out)
+
+
+def show_table(rows: list[dict], out: str | None) -> pd.DataFrame:
+    """Print the benchmark's rows as a table, and write them as TSV to ``out`` when given."""
     table = pd.DataFrame(rows)
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if a.out:
-        table.to_csv(a.out, sep="\t", index=False)
+    if out:
+        table.to_csv(out, sep="\t", index=False)
+    return table
 
 
 if __name__ == "__main__":
