@@ -159,6 +159,7 @@ rule ablation_table:
 
 
 rule ablations:
-    """Target: the ablation table (not part of `all`)."""
+    """Target: the ablation table and its figure (not part of `all`)."""
     input:
         "results/ablations.parquet",
+        "results/figures/ablations.png",

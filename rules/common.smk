@@ -318,11 +318,6 @@ def print_summary():
         print("Teacher scores reused from earlier iterations (results/teacher_cache.tsv):\n" + cache.read_text())
 
 
-def ablation_table_if_built():
-    """The figures draw the ablation table when `snakemake ablations` has built it."""
-    return ["results/ablations.parquet"] if os.path.exists("results/ablations.parquet") else []
-
-
 def figure(name, category, subcategory=None):
     return report(f"results/figures/{name}.png", caption=f"../report/{name}.rst", category=category,
                   subcategory=subcategory)

@@ -1,9 +1,8 @@
 # Figures for `snakemake --report results/report.html`, drawn by every run (part of `all` once a
-# round has trained; a few seconds). The figures read the artifacts of every round; the ablation
-# table is drawn when it exists (`snakemake ablations` reruns this rule), and the benchmark files of
-# every job that has run.
-import shlex
-
+# round has trained; a few seconds), from the artifacts of every round and the benchmark files of
+# every job that has run. The ablation variants get a figure of their own, part of the `ablations`
+# target only (`snakemake ablations --report results/report.html`): were the ablation table an
+# input of `all`'s figures, any change of a training setting would rerun every variant with `all`.
 
 rule figures:
     """Metrics per round, loss curves, teacher scores and disagreement, cache hits, time and memory."""
@@ -13,7 +12,6 @@ rule figures:
         losses=[f"results/iter-{n}/train_loss.parquet" for n in range(1, ITERATION + 1)],
         pointwise=[f"results/iter-{n}/pointwise.parquet" for n in range(1, ITERATION + 1)],
         pairwise=[f"results/iter-{n}/pairwise.parquet" for n in range(1, ITERATION + 1)],
-        ablations=ablation_table_if_built(),
     output:
         metrics=figure("metrics", "5. Evaluation"),
         loss=figure("loss", "4. Training"),
@@ -23,7 +21,6 @@ rule figures:
         benchmarks=figure("benchmarks", "6. Time and memory"),
     params:
         benchmarks="benchmarks",
-        ablations=lambda w, input: ("--ablations " + shlex.quote(input.ablations[0])) if input.ablations else "",
     log:
         "logs/figures/figures.log",
     threads: 1
@@ -31,5 +28,21 @@ rule figures:
         **resources_of("summary"),
     shell:
         PD + " figures --summary {input.summary:q} --cache {input.cache:q} --losses {input.losses:q}"
-        " --pointwise {input.pointwise:q} --pairwise {input.pairwise:q} {params.ablations}"
+        " --pointwise {input.pointwise:q} --pairwise {input.pairwise:q}"
         " --benchmarks {params.benchmarks:q} --out-dir results/figures > {log} 2>&1"
+
+
+rule ablation_figure:
+    """Every measure per round for the full method and each ablation variant (the `ablations` target)."""
+    input:
+        summary="results/summary.parquet",
+        ablations="results/ablations.parquet",
+    output:
+        figure("ablations", "7. Ablations"),
+    log:
+        "logs/figures/ablations.log",
+    threads: 1
+    resources:
+        **resources_of("summary"),
+    shell:
+        PD + " ablation-figure --summary {input.summary:q} --ablations {input.ablations:q} --out {output:q} > {log} 2>&1"

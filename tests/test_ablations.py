@@ -230,7 +230,8 @@ def test_ablations_plan_only_training_indexing_and_evaluation(done):
     workdir, cfg, _ = done
     jobs = dry_run(workdir, "ablations", "--config", TWO, configfiles=(cfg,))
     assert Counter(rule for rule, _ in jobs) == {"ablation_train": 4, "ablation_index": 4,
-                                                 "ablation_evaluate": 4, "ablation_table": 1}
+                                                 "ablation_evaluate": 4, "ablation_table": 1,
+                                                 "ablation_figure": 1}
     outputs = {out for _, outs in jobs for out in outs}
     for variant in ("labels-only", "no-pair"):
         for n in (1, 2):
@@ -268,8 +269,9 @@ def test_rerun_plans(done):
                       "ablations={run: [pair-1, pair-5], variants: {pair-5: {train: {lr: 0.0002}}}}",
                       configfiles=(cfg,))
     assert Counter(rule for rule, _ in changed) == {"ablation_train": 2, "ablation_index": 2,
-                                                    "ablation_evaluate": 2, "ablation_table": 1}
-    assert all("/pair-5/" in outs[0] for rule, outs in changed if rule != "ablation_table")
+                                                    "ablation_evaluate": 2, "ablation_table": 1,
+                                                    "ablation_figure": 1}
+    assert all("/pair-5/" in outs[0] for rule, outs in changed if rule not in ("ablation_table", "ablation_figure"))
     # a setting upstream of training reruns what it feeds: the full method from pair sampling on,
     # and every variant's training after it
     pairs = write_config(workdir / "pairs.yaml", {"pairs": {"per_query": 5}})
@@ -277,6 +279,11 @@ def test_rerun_plans(done):
     assert upstream["sample_pairs"] == 2 and upstream["train"] == 2 and upstream["ablation_train"] == 4
     assert upstream["ablation_index"] == 4 and upstream["ablation_evaluate"] == 4
     assert not {"prepare", "init_checkpoint", "fit_teacher", "mine_negatives"} & set(upstream)
+    # with the ablation table built, the default target still plans no variant: `all`'s figures
+    # do not read it (the `ablations` target draws the variants)
+    assert (workdir / "results/ablations.parquet").exists()
+    default = {rule for rule, _ in dry_run(workdir, configfiles=(cfg, pairs))}
+    assert "train" in default and not {r for r in default if r.startswith("ablation")}
 
 
 def test_paper_config_ablations_evaluate_every_split(tmp_path):

@@ -292,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablations", default=None, help="the ablation table, when it was built")
     p.add_argument("--benchmarks", default="benchmarks", help="Snakemake's benchmark files")
 
+    p = sub.add_parser("ablation-figure", help="every measure per round for the full method and each ablation variant")
+    for name in ("--summary", "--ablations", "--out"):
+        p.add_argument(name, required=True)
+
     p = sub.add_parser("summary", help="one table: systems as rows, measures as columns")
     p.add_argument("--metrics", nargs="+", required=True)
     p.add_argument("--out", required=True)
@@ -411,6 +415,10 @@ def run(a: argparse.Namespace):
 
         return figures.draw_all(summary=a.summary, losses_=a.losses, pointwise=a.pointwise, pairwise=a.pairwise,
                                 cache=a.cache, benchmarks_dir=a.benchmarks, out_dir=a.out_dir, ablations=a.ablations)
+    if s == "ablation-figure":
+        from . import figures
+
+        return figures.metrics(a.summary, a.out, a.ablations)
     if s == "benchmarks":
         from .benchmarks import report
 
