@@ -164,15 +164,17 @@ def identity(model: str, family: str, kind: str, max_length: int | None, precisi
     return json.dumps(out, sort_keys=True)
 
 
-def scoring_precision(precision: str, kind: str, family: str, device: str = "auto") -> str:
+def scoring_precision(precision: str, kind: str, family: str, device: str | torch.device = "auto") -> str:
     """The dtype ``teachers.<kind>.precision`` scores in on this job's device: ``auto`` is bf16 on a
     GPU that has it, else fp32; fp16 without a GPU is a SettingError naming the key. The fusion
-    families (BM25 and small bi-encoders) always score in fp32."""
+    families (BM25 and small bi-encoders) always score in fp32. Both the cache identity and the
+    loaders ask this, so a score's recorded dtype is the one it was made in."""
     from .train import resolve_precision
 
     if family.startswith("fusion"):
         return "fp32"
-    return resolve_precision(precision, runtime.device(device), key=f"teachers.{kind}.precision")
+    dev = device if isinstance(device, torch.device) else runtime.device(device)
+    return resolve_precision(precision, dev, key=f"teachers.{kind}.precision")
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,12 +414,10 @@ class FusionPairwiseScorer(_LoadedTeacher):
         return self.model.prob(list(queries), list(docs_a), list(docs_b), progress_label)
 
 
-def _in_precision(model, precision: str, dev: torch.device, kind: str):
-    """The teacher in ``precision`` (fp32 | bf16 | fp16 | auto: bf16 on a GPU that has it, else fp32)."""
-    from .train import resolve_precision
-
+def _in_precision(model, precision: str, dev: torch.device, kind: str, family: str):
+    """The teacher in the dtype :func:`scoring_precision` gives ``precision`` on ``dev``."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    return model.to(dtype[resolve_precision(precision, dev, key=f"teachers.{kind}.precision")])
+    return model.to(dtype[scoring_precision(precision, kind, family, dev)])
 
 
 def load_pointwise(model: str, family: str = "auto", max_length: int | None = None,
@@ -433,7 +433,7 @@ def load_pointwise(model: str, family: str = "auto", max_length: int | None = No
 
         return FusionScorer(Features(path, device=str(dev), batch_size=batch_size), None, family, max_length,
                             batch_size, dev, path)
-    return PointwiseScorer(_in_precision(_load_model(path, family, dev), precision, dev, "pointwise"),
+    return PointwiseScorer(_in_precision(_load_model(path, family, dev), precision, dev, "pointwise", family),
                            load_tokenizer(path), family,
                            max_length, batch_size, dev, path)
 
@@ -448,7 +448,7 @@ def load_pairwise(model: str, family: str = "auto", max_length: int | None = Non
 
         return FusionPairwiseScorer(PairwiseFusion(path, device=str(dev), batch_size=batch_size), None, family,
                                     max_length, batch_size, dev, path)
-    return PairwiseScorer(_in_precision(_load_model(path, family, dev), precision, dev, "pairwise"),
+    return PairwiseScorer(_in_precision(_load_model(path, family, dev), precision, dev, "pairwise", family),
                           load_tokenizer(path), family,
                           max_length, batch_size, dev, path)
 
