@@ -2,7 +2,7 @@
 #   snakemake --cores 2                       # the embedded default (config.yaml)
 #   snakemake --cores 2 --config iteration=3  # one more round; only its jobs run
 #   snakemake --cores 2 ablations             # the ablation variants and their table (not in `all`)
-#   snakemake --cores 2 figures && snakemake figures --report results/report.html   # the HTML report
+#   snakemake --report results/report.html    # the HTML report (after a run; `ablations --report` adds them)
 import os
 
 from snakemake.utils import min_version

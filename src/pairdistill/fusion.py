@@ -394,14 +394,19 @@ def text_hash(text: str) -> str:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link (else copy) ``src`` to ``dst``, a directory recursively. Snakemake's markers
+    (``.snakemake_timestamp`` in a directory output) are left out: shared by a hard link, the one
+    Snakemake touches when the job writing ``dst`` ends would also be ``src``'s, and make every
+    consumer of ``src`` look out of date."""
     import os
     import shutil
 
+    if src.name.startswith(".snakemake"):
+        return
     if src.is_dir():
         dst.mkdir(parents=True, exist_ok=True)
         for child in src.iterdir():
-            if not child.name.startswith(".snakemake"):
-                _link_or_copy(child, dst / child.name)
+            _link_or_copy(child, dst / child.name)
         return
     try:
         os.link(src, dst)
@@ -641,10 +646,7 @@ def fit_fusion_pairwise(pointwise_dir: str | Path, out_dir: str | Path, queries:
             "pair_weights": [float(w) for w in v], "pair_fit": {"depth": depth, "delta": delta, "l2": l2,
                                                                 "pairs": len(za), "heldout_accuracy_pointwise": acc_point,
                                                                 "heldout_accuracy_pairwise": acc_pair}}
-    # the pointwise teacher's files, linked; not its hidden files: Snakemake's .snakemake_timestamp
-    # of that directory output, shared by a hard link, would be touched again when this job ends
-    # and make every consumer of the pointwise teacher look out of date
-    files = {p.name: p for p in src.iterdir() if p.name != META_FILE and not p.name.startswith(".")}
+    files = {p.name: p for p in src.iterdir() if p.name != META_FILE}  # linked (Snakemake's markers left out)
     _write_dir(Path(out_dir), meta, files)
     return {"seconds": time.monotonic() - start, "pairs": len(za), "pair_weights": meta["pair_weights"],
             "log_loss": log_loss,
