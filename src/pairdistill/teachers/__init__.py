@@ -41,8 +41,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import io, runtime
-from .progress import Progress
+from .. import io, runtime
+from ..progress import Progress
 
 META_FILE = "pairdistill_teacher.json"
 POINTWISE_FAMILIES = ("cross-encoder", "monot5", "fusion")
@@ -169,7 +169,7 @@ def scoring_precision(precision: str, kind: str, family: str, device: str | torc
     GPU that has it, else fp32; fp16 without a GPU is a SettingError naming the key. The fusion
     families (BM25 and small bi-encoders) always score in fp32. Both the cache identity and the
     loaders ask this, so a score's recorded dtype is the one it was made in."""
-    from .train import resolve_precision
+    from ..train import resolve_precision
 
     if family.startswith("fusion"):
         return "fp32"
@@ -429,7 +429,7 @@ def load_pointwise(model: str, family: str = "auto", max_length: int | None = No
     path, family, max_length = _resolve(model, family, "pointwise", max_length)
     dev = runtime.device(device)
     if family == "fusion":
-        from .fusion import Features
+        from ..fusion import Features
 
         return FusionScorer(Features(path, device=str(dev), batch_size=batch_size), None, family, max_length,
                             batch_size, dev, path)
@@ -444,7 +444,7 @@ def load_pairwise(model: str, family: str = "auto", max_length: int | None = Non
     path, family, max_length = _resolve(model, family, "pairwise", max_length)
     dev = runtime.device(device)
     if family == "fusion-pairwise":
-        from .fusion import PairwiseFusion
+        from ..fusion import PairwiseFusion
 
         return FusionPairwiseScorer(PairwiseFusion(path, device=str(dev), batch_size=batch_size), None, family,
                                     max_length, batch_size, dev, path)
