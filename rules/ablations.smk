@@ -1,23 +1,60 @@
-# Ablations (the paper's Tables 3 and 6), a target of their own: `snakemake ablations`. Each variant
-# of config `ablations.variants` changes only train.* settings, so it trains on the full method's
-# teacher scores of every round (iteration 0 is shared) and only training, indexing and evaluation
-# run for it, under results/ablations/<variant>/. One table compares them all with the full method.
+# Ablations (the paper's Tables 3 and 6), a target of their own: `snakemake ablations`. A variant
+# of config `ablations.variants` that changes only train.* settings trains on the full method's
+# teacher scores of every round (iteration 0 is shared), so only training, indexing and evaluation
+# run for it. A variant that changes a setting upstream of training (teachers, top-k, pairs, ...)
+# runs the whole workflow again with its config, included below as a Snakemake module whose
+# results/, logs/ and benchmarks/ are moved under .../ablations/<variant>/. Either way a variant's
+# files are under results/ablations/<variant>/, and one table compares them all with the full method.
 import re
 import shlex
 
 from pairdistill import ablations as ablation_settings  # noqa: E402  (src/ is on the path: common.smk)
 
-try:  # an unknown key, a key upstream of training, a colliding name: one line naming it
+try:  # an unknown key, a shared key, a colliding name, a refused value: one line naming it
     VARIANTS = ablation_settings.variants(config)  # name -> the variant's complete train settings
     ABLATIONS = ablation_settings.requested(config, VARIANTS)
+    UPSTREAM_CONFIGS = {name: c for name, c in ablation_settings.upstream_configs(config).items() if name in ABLATIONS}
 except ValueError as exc:
     raise WorkflowError(str(exc)) from None
 for _name in ABLATIONS:  # micro_batch, precision, ... against the training resources, as the full method's
     check_training(VARIANTS[_name], int(resources_of("train").get("gpu", 0)), key=f"ablations.variants.{_name}.train")
+# the variants whose rules are below; the others' are the module's own rules
+TRAIN_ONLY = [v for v in VARIANTS if v not in ablation_settings.upstream_configs(config)]
 
 
 wildcard_constraints:
-    variant="|".join(re.escape(v) for v in VARIANTS) or "(?!)",
+    variant="|".join(re.escape(v) for v in TRAIN_ONLY) or "(?!)",
+
+
+def _module_names():
+    """A rule-name-safe, unique name for each declared variant (an upstream one's rules are
+    <name>_<rule>): '.' and '-' become '_', and a name taken already gets a number."""
+    names = {}
+    for variant in VARIANTS:
+        name = base = "ablation_" + re.sub(r"\W", "_", variant)
+        n = 1
+        while name in names.values():
+            n += 1
+            name = f"{base}_{n}"
+        names[variant] = name
+    return names
+
+
+MODULE_NAMES = _module_names()
+
+
+for _name, _config in UPSTREAM_CONFIGS.items():
+    # The workflow once more, with the variant's config; every relative path it writes moves from
+    # results/ (logs/, benchmarks/) to results/ablations/<variant>/ (...), input functions included.
+    # Only the jobs its evaluation runs need are planned: data, teachers, each round, evaluation.
+    workflow.module(
+        MODULE_NAMES[_name],
+        snakefile=os.path.join(workflow.basedir, "Snakefile"),
+        config=_config,
+        replace_prefix={f"{d}/": f"{d}/ablations/{_name}/" for d in ("results", "logs", "benchmarks")},
+    )
+    workflow.userule(rules=["*"], from_module=MODULE_NAMES[_name], name_modifier=f"{MODULE_NAMES[_name]}_*")(
+        lambda: None)
 
 
 def ablation_dir(variant, it):
@@ -70,7 +107,7 @@ rule ablation_train:
         PD + " train --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --queries {input.queries:q}"
         " --qrels {input.qrels:q} --pointwise {input.pointwise:q} --pairwise {input.pairwise:q}"
         " --out {output.checkpoint:q} --loss-out {output.loss:q} --split {params.split} {params.t}"
-        " --state-dir results/ablations/{wildcards.variant}/iter-{wildcards.it}/train_state"
+        " --state-dir \"$(dirname {output.checkpoint:q})/train_state\""
         " --save-every {resources.save_every} --micro-batch {resources.micro_batch}"
         " --grad-checkpointing {resources.grad_checkpointing} --processes {resources.gpu}"
         " --query-maxlen {params.student[query_maxlen]} --doc-maxlen {params.student[doc_maxlen]}"
@@ -113,7 +150,7 @@ rule ablation_evaluate:
         **resources_of("evaluate"),
     shell:
         PD + " evaluate --checkpoint {input.checkpoint:q} --index {input.index:q} --queries {input.queries:q}"
-        " --qrels {input.qrels:q} --out-dir results/ablations/{wildcards.variant}/iter-{wildcards.it}/eval/{wildcards.split}"
+        " --qrels {input.qrels:q} --out-dir \"$(dirname {output.run:q})\""
         " --split {wildcards.split} --k {params.k} --measures {params.measures:q} --iteration {wildcards.it}"
         " --eval-set {params.eval_set:q} {params.search} > {log} 2>&1"
 

@@ -24,7 +24,7 @@ rule prepare:
         **resources_of("prepare"),
     shell:
         PD + " prepare --data-dir {params.data_dir:q} --dataset {params.dataset:q} --splits {params.splits}"
-        " --format {params.format} --files {params.files:q} --out-dir " + DATA + " > {log} 2>&1"
+        " --format {params.format} --files {params.files:q} --out-dir \"$(dirname {output.corpus:q})\" > {log} 2>&1"
 
 
 rule prepare_beir:
@@ -46,4 +46,4 @@ rule prepare_beir:
         **resources_of("prepare_beir"),
     shell:
         PD + " prepare --data-dir {params.data_dir:q} --dataset {wildcards.beir:q} --splits {params.split}"
-        " --format beir --out-dir results/beir/{wildcards.beir} > {log} 2>&1"
+        " --format beir --out-dir \"$(dirname {output.corpus:q})\" > {log} 2>&1"

@@ -25,7 +25,7 @@ rule evaluate:
         **resources_of("evaluate"),
     shell:
         PD + " evaluate --checkpoint {input.checkpoint:q} --index {input.index:q} --queries {input.queries:q}"
-        " --qrels {input.qrels:q} --out-dir results/iter-{wildcards.it}/eval/{wildcards.split}"
+        " --qrels {input.qrels:q} --out-dir \"$(dirname {output.run:q})\""
         " --split {wildcards.split} --k {params.k} --measures {params.measures:q} --iteration {wildcards.it}"
         " --eval-set {params.eval_set:q} {params.search} > {log} 2>&1"
 
@@ -54,7 +54,7 @@ rule evaluate_beir:
         **resources_of("evaluate_beir"),
     shell:
         PD + " evaluate --checkpoint {input.checkpoint:q} --index {input.index:q} --queries {input.queries:q}"
-        " --qrels {input.qrels:q} --out-dir results/iter-{wildcards.it}/beir/{wildcards.beir}/eval"
+        " --qrels {input.qrels:q} --out-dir \"$(dirname {output.run:q})\""
         " --split {params.split} --k {params.k} --measures {params.measures:q} --iteration {wildcards.it}"
         " --eval-set beir/{wildcards.beir}/{params.split} {params.search} > {log} 2>&1"
 
@@ -91,7 +91,7 @@ rule rerank_teacher:
         **resources_of("rerank_teacher"),
     shell:
         PD + " rerank-{wildcards.kind} --run {input.run:q} --corpus {input.corpus:q} --queries {input.queries:q}"
-        " --qrels {input.qrels:q} --out-dir results/teachers/{wildcards.kind}/rerank --split {params.split}"
+        " --qrels {input.qrels:q} --out-dir \"$(dirname {output.run:q})\" --split {params.split}"
         " --depth {params.depth} --measures {params.measures:q} --model {params.model:q}"
         " --family {params.t[family]} --max-length {params.t[max_length]} --batch-size {params.t[batch_size]}"
         " --precision {params.t[precision]}"
@@ -147,7 +147,7 @@ rule rerank_plain_fusion:
         **resources_of("rerank_teacher"),
     shell:
         PD + " rerank-pointwise --run {input.run:q} --corpus {input.corpus:q} --queries {input.queries:q}"
-        " --qrels {input.qrels:q} --out-dir results/teachers/plain_fusion/rerank --split {params.split}"
+        " --qrels {input.qrels:q} --out-dir \"$(dirname {output.run:q})\" --split {params.split}"
         " --depth {params.depth} --measures {params.measures:q} --model {input.teacher:q} --family fusion"
         " --max-length 0 --batch-size {params.batch_size} --eval-set {params.eval_set:q}"
         " --system 'plain BM25 + bi-encoder fusion (top-{params.depth} of iteration 0)' > {log} 2>&1"
@@ -214,5 +214,5 @@ rule corpus_baselines:
         **resources_of("evaluate"),
     shell:
         PD + " corpus-baselines --teacher {input.teacher:q} --queries {input.queries:q} --qrels {input.qrels:q}"
-        " --out-dir results/baselines --split {params.split} --k {params.k} --measures {params.measures:q}"
+        " --out-dir \"$(dirname {output.metrics:q})\" --split {params.split} --k {params.k} --measures {params.measures:q}"
         " --eval-set {params.eval_set:q} > {log} 2>&1"

@@ -29,7 +29,7 @@ rule figures:
     shell:
         PD + " figures --summary {input.summary:q} --cache {input.cache:q} --losses {input.losses:q}"
         " --pointwise {input.pointwise:q} --pairwise {input.pairwise:q}"
-        " --benchmarks {params.benchmarks:q} --out-dir results/figures > {log} 2>&1"
+        " --benchmarks {params.benchmarks:q} --out-dir \"$(dirname {output.metrics:q})\" > {log} 2>&1"
 
 
 rule ablation_figure:

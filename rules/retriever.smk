@@ -132,7 +132,7 @@ rule train:
         " --mined-per-query {params.t[mined_per_query]}"
         " --micro-batch {resources.micro_batch} --grad-checkpointing {resources.grad_checkpointing}"
         " --processes {resources.gpu}"
-        " --state-dir results/iter-{wildcards.it}/train_state --save-every {resources.save_every}"
+        " --state-dir \"$(dirname {output.checkpoint:q})/train_state\" --save-every {resources.save_every}"
         " --query-maxlen {params.student[query_maxlen]} --doc-maxlen {params.student[doc_maxlen]}"
         " --seed {params.seed} > {log} 2>&1"
 

@@ -146,8 +146,12 @@ def test_dotted_and_nested_keys_are_one_setting():
 @pytest.mark.parametrize("variants, message", [
     ({"typo": {"train": {"lamda_pair": 0}}}, "ablations.variants.typo.train.lamda_pair: unknown key"),
     ({"flat": {"lambda_pair": 0}}, "ablations.variants.flat.lambda_pair: unknown key"),
-    ({"k": {"retrieve": {"top_k": 8}}}, "ablations.variants.k.retrieve.top_k: only train.* settings can vary"),
-    ({"t": {"teachers.pairwise.model": "x"}}, "ablations.variants.t.teachers.pairwise.model: only train.*"),
+    ({"k": {"evaluate": {"k": 8}}}, "ablations.variants.k.evaluate.k: cannot vary in an ablation"),
+    ({"i": {"iteration": 3}}, "ablations.variants.i.iteration: cannot vary in an ablation"),
+    ({"s": {"shards": 2}}, "ablations.variants.s.shards: cannot vary in an ablation"),
+    ({"p": {"pairs": 5}}, "ablations.variants.p.pairs: is a section"),
+    ({"d": {"pairs": {"delta": 1}}}, "ablations.variants.d.pairs.delta: 1 is less than the minimum of 2"),
+    ({"t": {"teachers.pairwise.modl": "x"}}, "ablations.variants.t.teachers.pairwise.modl: unknown key"),
     ({"Full": {"train": {"lambda_pair": 0}}}, "ablations.variants.Full: name collides with 'full'"),
     ({"no-pair": {"train": {"lambda_pair": 0}}, "No_Pair": {"train": {"lambda_pair": 1}}},
      "ablations.variants.No_Pair: name collides with variant 'no-pair'"),
@@ -158,7 +162,25 @@ def test_dotted_and_nested_keys_are_one_setting():
 def test_bad_variants_are_one_line_naming_the_key(variants, message):
     with pytest.raises(ValueError) as err:
         ablations.variants(_config(variants))
+        ablations.upstream_configs(_config(variants))  # the values of upstream settings
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_upstream_variants_get_a_complete_config_of_their_own():
+    config = _config({"a": {"train": {"lambda_pair": 0}},
+                      "b": {"pairs.delta": "5", "train": {"lambda_kd": "0.5"}},  # as --config gives them
+                      "c": {"teachers": {"pairwise": {"model": "castorini/duot5-base-msmarco"}}}})
+    upstream = ablations.upstream_configs(config)
+    assert list(upstream) == ["b", "c"]  # "a" changes training only: it reuses the teacher scores
+    b = upstream["b"]
+    assert b["pairs"] == {**config["pairs"], "delta": 5} and b["train"]["lambda_kd"] == 0.5
+    assert b["ablations"]["variants"] == {} and b["ablations"]["run"] is None  # no ablations of its own
+    assert {k: v for k, v in b.items() if k not in ("pairs", "train", "ablations")} == {
+        k: v for k, v in config.items() if k not in ("pairs", "train", "ablations")}
+    assert config["pairs"]["delta"] == CONFIG["pairs"]["delta"]  # the full method's config is untouched
+    # a text setting stays text (not parsed as YAML); the variant's train settings include its changes
+    assert upstream["c"]["teachers"]["pairwise"]["model"] == "castorini/duot5-base-msmarco"
+    assert ablations.variants(config)["b"]["lambda_kd"] == 0.5
 
 
 def test_run_picks_declared_variants():
@@ -187,7 +209,8 @@ def test_train_flags_are_the_train_stage_flags():
 
 @pytest.mark.parametrize("variants, message", [
     ({"typo": {"train": {"lamda_pair": 0}}}, "ablations.variants.typo.train.lamda_pair: unknown key"),
-    ({"k": {"retrieve": {"top_k": 8}}}, "ablations.variants.k.retrieve.top_k: only train.* settings can vary"),
+    ({"k": {"evaluate": {"k": 8}}}, "ablations.variants.k.evaluate.k: cannot vary in an ablation"),
+    ({"d": {"retrieve": {"top_k": 1}}}, "ablations.variants.d.retrieve.top_k: 1 is less than the minimum"),
     ({"FULL": {"train": {"lambda_kd": 0}}}, "ablations.variants.FULL: name collides with 'full'"),
 ])
 def test_workflow_stops_at_start_up(tmp_path, variants, message):
@@ -254,7 +277,7 @@ def test_variant_trains_on_the_full_methods_teacher_scores(done):
         assert f"--checkpoint {start} " in cmd
         assert f"--pointwise results/iter-{n}/pointwise.parquet --pairwise results/iter-{n}/pairwise.parquet" in cmd
         assert "--lambda-kd 0 " in cmd and "--lambda-pair 3.0 " in cmd
-        assert f"--state-dir results/ablations/no-kd/iter-{n}/train_state " in cmd
+        assert f'--state-dir "$(dirname results/ablations/no-kd/iter-{n}/checkpoint)/train_state" ' in cmd
 
 
 def test_rerun_plans(done):
@@ -284,6 +307,41 @@ def test_rerun_plans(done):
     assert (workdir / "results/ablations.parquet").exists()
     default = {rule for rule, _ in dry_run(workdir, configfiles=(cfg, pairs))}
     assert "train" in default and not {r for r in default if r.startswith("ablation")}
+
+
+UPSTREAM = "ablations={run: [no-kd, delta-5], variants: {delta-5: {pairs: {delta: 5}}}}"
+
+
+def test_upstream_variant_reruns_what_its_setting_feeds(done):
+    """A variant that changes pair sampling samples its own pairs, so it needs its own pairwise
+    scores, and those its own top-k from round 2 on: it runs the whole method again under
+    results/ablations/<variant>/, beside a training-only variant, and the full run reruns nothing."""
+    workdir, cfg, full = done
+    jobs = dry_run(workdir, "ablations", "--config", UPSTREAM, configfiles=(cfg,))
+    module = "ablation_delta_5_"  # the variant's rules: the workflow's own, renamed
+    counts = Counter(rule.removeprefix(module) for rule, _ in jobs if rule.startswith(module))
+    full_counts = Counter(rule for rule, _ in full)
+    needed = {"prepare", "init_checkpoint", "fit_fusion_pointwise", "fit_fusion_pairwise", "index", "retrieve",
+              "pointwise", "sample_pairs", "pairwise", "gather", "train", "evaluate"}
+    assert set(counts) == needed
+    for rule in needed - {"gather", "evaluate"}:  # everything the full method's rounds ran, again
+        assert counts[rule] == full_counts[rule], rule
+    assert counts["gather"] == 4 and counts["evaluate"] == 2  # what training reads; the rounds (not iteration 0)
+    # the training-only variant as before; nothing of the full method's run
+    others = Counter(rule for rule, _ in jobs if not rule.startswith(module))
+    assert others == {"ablation_train": 2, "ablation_index": 2, "ablation_evaluate": 2, "ablation_table": 1,
+                      "ablation_figure": 1}
+    for rule, outputs in jobs:
+        if rule.startswith(module):
+            assert all(o.startswith("results/ablations/delta-5/") for o in outputs), (rule, outputs)
+    commands = snakemake(workdir, "-n", "-p", "ablations", "--config", UPSTREAM, configfiles=(cfg,)).stdout
+    samples = [line for line in commands.splitlines() if " sample-pairs " in line]
+    assert len(samples) == 2 and all(" --delta 5 " in line for line in samples)
+    table = next(line for line in commands.splitlines() if " ablation-table " in line)
+    assert "--run delta-5 2 test results/ablations/delta-5/iter-2/eval/test/run.parquet" in table
+    assert "--run no-kd 2 test results/ablations/no-kd/iter-2/eval/test/run.parquet" in table
+    # the default target plans none of it
+    assert dry_run(workdir, "--config", UPSTREAM, configfiles=(cfg,)) == []
 
 
 def test_paper_config_ablations_evaluate_every_split(tmp_path):

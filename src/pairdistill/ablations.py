@@ -1,11 +1,22 @@
 """Ablations (the paper's Tables 3 and 6): variants of the full method's training, and their table.
 
-A variant is declared in config ``ablations.variants`` as a name and the ``train`` settings it
-changes, nested (``{train: {lambda_pair: 0}}``) or dotted (``{train.lambda_pair: 0}``). Every
-variant trains on the full method's teacher scores of each round, so only training, indexing and
-evaluation run again for it; a setting upstream of training (retrieval, teachers, pairs, ...) would
-need its own teacher scores and is refused at start-up, as is an unknown key or a name that
-collides with another (or with ``full``, the name of the full method in the table).
+A variant is declared in config ``ablations.variants`` as a name and the settings it changes,
+nested (``{train: {lambda_pair: 0}}``) or dotted (``{train.lambda_pair: 0}``).
+
+- A variant that changes ``train`` settings only trains on the full method's teacher scores of
+  each round, so only training, indexing and evaluation run again for it.
+- A variant that changes a setting upstream of training (:data:`UPSTREAM`: the student, the
+  index, retrieval, the teachers, pair sampling, the seed, the training split) needs its own
+  top-k, teacher scores and pairs. It runs the whole method again with its settings (its
+  complete config is :func:`upstream_configs`), under the same ``results/ablations/<name>/``
+  (rules/ablations.smk includes the workflow once more as a Snakemake module with that config),
+  which is everything that setting feeds and some more: its own prepared data, fitted teachers
+  and iteration 0, identical to the full method's where the setting does not reach them.
+- The data, the evaluation splits and measures, the rounds, ``ablations`` itself and settings of
+  how jobs run (threads, shards, resources) are shared by every variant and cannot vary.
+
+An unknown key, a shared one, or a name that collides with another (or with ``full``, the name of
+the full method in the table) is refused at start-up with one line naming it.
 
 The table compares each variant with the full method at the same iteration, per evaluation split
 and measure: the mean over the judged queries, its difference to the full method, and the p-value
@@ -27,7 +38,9 @@ from . import evaluate, io
 
 FULL = "full"  # the full method's name in the table; no variant may take it
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-TRAINED = "train"  # the only config section a variant may change
+TRAINED = "train"  # a variant that changes only this section reuses the full method's teacher scores
+# settings upstream of training that a variant may change: it then runs the whole method again
+UPSTREAM = ("student", "index", "retrieve", "teachers", "pairs", "seed", "train_split")
 
 
 @lru_cache(maxsize=1)
@@ -54,26 +67,38 @@ def _flatten(spec: dict, prefix: str) -> Iterable[tuple[str, object]]:
 
 
 def _overrides(name: str, spec, config: dict) -> dict[str, object]:
-    """A variant's changes as {train key: value}; every other key is an error naming it."""
+    """A variant's changes as {dotted key: value} (``train.lambda_pair``, ``pairs.delta``); a key
+    that is unknown or shared by every variant is an error naming it."""
     where = f"ablations.variants.{name}"
     if not isinstance(spec, dict) or not spec:
-        raise ValueError(f"{where}: a variant sets at least one train.* setting, e.g. {{train: {{lambda_pair: 0}}}}")
+        raise ValueError(f"{where}: a variant sets at least one setting, e.g. {{train: {{lambda_pair: 0}}}}")
     changes: dict[str, object] = {}
     for dotted, value in _flatten(spec, where):
         key = dotted[len(where) + 1:]
-        section, _, rest = key.partition(".")
-        if section == TRAINED and rest in config[TRAINED]:
-            if rest in changes:
-                raise ValueError(f"{dotted}: set twice (nested and dotted)")
-            # Snakemake's --config reads nested values as text; no train setting is a string
-            changes[rest] = yaml.safe_load(value) if isinstance(value, str) else value
-        elif _known(config, key):
-            raise ValueError(f"{dotted}: only train.* settings can vary in an ablation "
-                             "(every variant reuses the full method's teacher scores and evaluation)")
-        else:
-            raise ValueError(f"{dotted}: unknown key (a variant sets train.* settings: "
-                             f"{', '.join(config[TRAINED])})")
+        section = key.partition(".")[0]
+        if not _known(config, key):
+            raise ValueError(f"{dotted}: unknown key (a variant sets train.* settings: {', '.join(config[TRAINED])}; "
+                             f"or settings upstream of training: {', '.join(UPSTREAM)})")
+        if section != TRAINED and section not in UPSTREAM:
+            raise ValueError(f"{dotted}: cannot vary in an ablation (the data, the evaluation, the rounds and "
+                             "how jobs run are shared by every variant; train.* and "
+                             f"{', '.join(UPSTREAM)} can vary)")
+        if isinstance(_lookup(config, key), dict):
+            raise ValueError(f"{dotted}: is a section; set the keys inside it")
+        if key in changes:
+            raise ValueError(f"{dotted}: set twice (nested and dotted)")
+        # Snakemake's --config reads nested values as text: parse them unless the setting is text
+        if isinstance(value, str) and not isinstance(_lookup(config, key), str):
+            value = yaml.safe_load(value)
+        changes[key] = value
     return changes
+
+
+def _lookup(config: dict, key: str):
+    node = config
+    for part in key.split("."):
+        node = node[part]
+    return node
 
 
 def _known(config: dict, key: str) -> bool:
@@ -85,11 +110,8 @@ def _known(config: dict, key: str) -> bool:
     return True
 
 
-def variants(config: dict) -> dict[str, dict]:
-    """Every declared variant's complete train settings (the full method's, with its changes),
-    in declaration order. Raises ValueError with one line naming the offending key."""
-    import jsonschema
-
+def _declared(config: dict) -> dict[str, dict[str, object]]:
+    """Every declared variant's changes ({dotted key: value}), in declaration order, names checked."""
     declared = (config.get("ablations") or {}).get("variants") or {}
     seen = {FULL: FULL}
     out = {}
@@ -105,13 +127,55 @@ def variants(config: dict) -> dict[str, dict]:
         if other != name:
             raise ValueError(f"ablations.variants.{name}: name collides with variant {other!r} "
                              "(names are compared ignoring case and '_' against '-')")
-        settings = {**config[TRAINED], **_overrides(name, spec, config)}
+        out[name] = _overrides(name, spec, config)
+    return out
+
+
+def variants(config: dict) -> dict[str, dict]:
+    """Every declared variant's complete train settings (the full method's, with its changes),
+    in declaration order. Raises ValueError with one line naming the offending key."""
+    import jsonschema
+
+    out = {}
+    for name, changes in _declared(config).items():
+        settings = {**config[TRAINED], **{k.partition(".")[2]: v for k, v in changes.items()
+                                           if k.partition(".")[0] == TRAINED}}
         try:
             jsonschema.validate(settings, _train_schema())
         except jsonschema.ValidationError as exc:
             key = ".".join(map(str, exc.absolute_path))
             raise ValueError(f"ablations.variants.{name}.train.{key}: {exc.message}") from None
         out[name] = settings
+    return out
+
+
+def upstream_configs(config: dict) -> dict[str, dict]:
+    """The variants that change a setting upstream of training, each with its complete config:
+    the full method's with the variant's changes, and no ablations of its own. Raises ValueError
+    with one line naming the key whose value the config schema refuses."""
+    import copy
+
+    import jsonschema
+
+    schema = yaml.safe_load(Path(__file__).with_name("config.schema.yaml").read_text())
+    out = {}
+    for name, changes in _declared(config).items():
+        if all(k.partition(".")[0] == TRAINED for k in changes):
+            continue
+        merged = copy.deepcopy(config)
+        for key, value in changes.items():
+            *path, last = key.split(".")
+            node = merged
+            for part in path:
+                node = node[part]
+            node[last] = value
+        merged["ablations"] = {**merged.get("ablations", {}), "variants": {}, "run": None}
+        try:
+            jsonschema.validate(merged, schema)
+        except jsonschema.ValidationError as exc:
+            key = ".".join(map(str, exc.absolute_path))
+            raise ValueError(f"ablations.variants.{name}.{key}: {exc.message}") from None
+        out[name] = merged
     return out
 
 
