@@ -44,6 +44,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     # one row per (split, query): the split's query set, labelled or not (qrels say which are)
     "queries": _schema(("split", S), ("query_id", S), ("text", S)),
     "qrels": _schema(("split", S), ("query_id", S), ("doc_id", S), ("relevance", I32)),
+    # open-domain QA (loaders.qa): one row per (question, answer string); matched against passages
+    "answers": _schema(("query_id", S), ("answer", S)),
     # retrieve / evaluate: one row per (query, retrieved passage)
     "run": _schema(("query_id", S), ("doc_id", S), ("rank", I32), ("score", F32)),
     # pointwise: the retrieved list re-scored by the pointwise teacher; retriever columns are null
