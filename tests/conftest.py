@@ -97,6 +97,24 @@ def _fast_t5_tokenizer(spm_file: Path):
                            eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
 
 
+def _tiny_t5(out: Path, work: Path, lines: list[str], vocab_size: int) -> str:
+    """A random tiny T5ForConditionalGeneration in ``out``, its sentencepiece trained on ``lines``."""
+    import sentencepiece as spm
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_prefix=str(work / "spiece"),
+        vocab_size=vocab_size, model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        hard_vocab_limit=False, minloglevel=2)
+    tokenizer = _fast_t5_tokenizer(work / "spiece.model")
+    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=2,
+                      num_heads=2, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
 @pytest.fixture(scope="session")
 def tiny_t5_dir(tmp_path_factory) -> str:
     """A random tiny T5ForConditionalGeneration with a locally trained sentencepiece tokenizer.
@@ -104,19 +122,73 @@ def tiny_t5_dir(tmp_path_factory) -> str:
     Same layout as castorini/monot5-* and duot5-* (pad = decoder start = 0, eos = 1, unk = 2);
     the directory holds both spiece.model (slow) and tokenizer.json (fast).
     """
-    import sentencepiece as spm
-    from transformers import T5Config, T5ForConditionalGeneration
+    return _tiny_t5(tmp_path_factory.mktemp("tiny_t5"), tmp_path_factory.mktemp("tiny_t5_spm"),
+                    _t5_training_lines(), 300)
 
-    out = tmp_path_factory.mktemp("tiny_t5")
-    work = tmp_path_factory.mktemp("tiny_t5_spm")
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(_t5_training_lines()), model_prefix=str(work / "spiece"),
-        vocab_size=300, model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-        hard_vocab_limit=False, minloglevel=2)
-    tokenizer = _fast_t5_tokenizer(work / "spiece.model")
-    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=16, d_ff=64, num_layers=2,
-                      num_heads=2, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+
+def _instruct_lines(prompts: dict[str, str], labels: dict[str, tuple[str, str]], n: int = 400,
+                    seed: int = 1) -> list[str]:
+    """Prompts of the instruction teachers over random pseudo-words, each followed by an answer."""
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = ["".join(rng.choice(letters) for _ in range(rng.randint(2, 7))) for _ in range(300)]
+
+    def text(lo, hi):
+        return " ".join(rng.choice(words) for _ in range(rng.randint(lo, hi)))
+
+    lines = []
+    for _ in range(n):
+        lines.append(prompts["pointwise"].format(query=text(2, 5), passage=text(5, 15))
+                     + rng.choice(labels["pointwise"]))
+        lines.append(prompts["pairwise"].format(query=text(2, 5), passage_a=text(5, 15), passage_b=text(5, 15))
+                     + rng.choice(labels["pairwise"]))
+    return lines
+
+
+@pytest.fixture(scope="session")
+def tiny_flan_t5_dir(tmp_path_factory) -> str:
+    """A random tiny T5 whose sentencepiece was trained on the instruction teachers' default (flan-t5)
+    prompts, so their label words "Yes", "No", "A", "B" are single pieces as in google/flan-t5-*."""
+    from pairdistill.teachers.instruct import DEFAULT_LABELS, DEFAULT_PROMPT
+
+    prompts = {k: v + " " for k, v in DEFAULT_PROMPT.items()}
+    answers = [" ".join(w for pair in DEFAULT_LABELS.values() for w in pair)] * 200  # whole words, as answers
+    lines = _instruct_lines(prompts, DEFAULT_LABELS) + answers + _t5_training_lines(200)
+    return _tiny_t5(tmp_path_factory.mktemp("tiny_flan_t5"), tmp_path_factory.mktemp("tiny_flan_t5_spm"),
+                    lines, 400)
+
+
+# Prompts for a decoder-only teacher: the question comes last and ends in an answer cue, and the
+# byte-level label words carry the space the model writes before them.
+CAUSAL_PROMPTS = {
+    "pointwise": "Query: {query}\nDocument: {passage}\nIs the document relevant to the query? Answer:",
+    "pairwise": ("Query: {query}\nDocument A: {passage_a}\nDocument B: {passage_b}\n"
+                 "Which document is more relevant to the query? Answer:"),
+}
+CAUSAL_LABELS = {"pointwise": (" Yes", " No"), "pairwise": (" A", " B")}
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm_dir(tmp_path_factory) -> str:
+    """A random tiny GPT2LMHeadModel (learned absolute positions, so a padding mistake shows) with a
+    byte-level BPE tokenizer trained on CAUSAL_PROMPTS, saved as a PreTrainedTokenizerFast without a
+    pad token (as GPT-2's and Llama's)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny_causal_lm")
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(_instruct_lines(CAUSAL_PROMPTS, CAUSAL_LABELS), trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>",
+                                        eos_token="<|endoftext|>", unk_token="<|endoftext|>",
+                                        model_input_names=["input_ids", "attention_mask"])
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
-    T5ForConditionalGeneration(config).save_pretrained(out)
+    GPT2LMHeadModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)

@@ -17,6 +17,9 @@ Families (the ``family`` argument; ``"auto"`` picks one from the model directory
 ``fusion``         BM25 and bi-encoder cosines, z-normalised per query, fused with fitted
                    weights (:mod:`pairdistill.fusion`)
 ``fusion-pairwise``  sigmoid of the fusion's margin plus fitted pair terms (:mod:`pairdistill.fusion`)
+``instruct-pointwise``  a prompted seq2seq or causal LM (flan-t5-xl in the paper): "is the passage
+                   relevant?" -> log P(yes) over {yes, no} (:mod:`.instruct`; never ``"auto"``)
+``instruct-pairwise``  the same, "which document is more relevant? Answer only 'A' or 'B'." -> P(A)
 =================  ==========================================================================
 
 No MS MARCO reranker can be installed offline, so :func:`fit_pointwise` and
@@ -28,7 +31,7 @@ All scores are float32 numpy arrays in input order. Inputs are batched by token 
 less padding, which dominates CPU time) and put back in order afterwards.
 
 Modules: :mod:`.registry` (the families, loading, ``"auto"``, the cache identity), :mod:`.base`
-(what the families share), :mod:`.rerankers` and :mod:`.fused` (one per family
+(what the families share), :mod:`.rerankers`, :mod:`.fused` and :mod:`.instruct` (one per family
 kind), :mod:`.fit` (fitting). The names callers used from the former ``teachers.py`` are here.
 """
 
@@ -37,6 +40,7 @@ from __future__ import annotations
 from .base import DEFAULT_MAX_LENGTH, META_FILE, QUERY_SHARE, load_tokenizer, read_meta, scoring_precision
 from .fit import Group, _init_classifier, fit_pairwise, fit_pointwise
 from .fused import FusionPairwiseScorer, FusionScorer
+from .instruct import InstructPairwiseScorer, InstructPointwiseScorer
 from .registry import (FAMILIES, FUSION_FAMILIES, PAIRWISE_FAMILIES, POINTWISE_FAMILIES, detect_family,
                        family_settings, identity, load_pairwise, load_pointwise)
 from .rerankers import (DUOT5_TEMPLATE, MONOT5_TEMPLATE, PairwiseScorer, PointwiseScorer, encode_bert_pairwise,
@@ -44,7 +48,7 @@ from .rerankers import (DUOT5_TEMPLATE, MONOT5_TEMPLATE, PairwiseScorer, Pointwi
 
 __all__ = ["DEFAULT_MAX_LENGTH", "DUOT5_TEMPLATE", "FAMILIES", "FUSION_FAMILIES", "META_FILE", "MONOT5_TEMPLATE",
            "PAIRWISE_FAMILIES", "POINTWISE_FAMILIES", "QUERY_SHARE", "FusionPairwiseScorer", "FusionScorer", "Group",
-           "PairwiseScorer", "PointwiseScorer", "detect_family",
+           "InstructPairwiseScorer", "InstructPointwiseScorer", "PairwiseScorer", "PointwiseScorer", "detect_family",
            "encode_bert_pairwise", "encode_cross", "encode_duot5", "encode_monot5", "family_settings", "fit_pairwise",
            "fit_pointwise", "identity", "load_pairwise", "load_pointwise", "load_tokenizer", "read_meta",
            "scoring_precision", "true_false_ids", "_init_classifier"]

@@ -10,7 +10,7 @@ from types import ModuleType
 
 from .. import runtime
 from ..errors import SettingError
-from . import fused, rerankers
+from . import fused, instruct, rerankers
 from .base import DEFAULT_MAX_LENGTH, META_FILE, _locate, _model_type, read_meta, scoring_precision
 from .fused import FusionPairwiseScorer, FusionScorer
 from .rerankers import PairwiseScorer, PointwiseScorer
@@ -28,9 +28,11 @@ FAMILIES = {
     "cross-encoder": Family("pointwise", rerankers),
     "monot5": Family("pointwise", rerankers),
     "fusion": Family("pointwise", fused, fitted=True),
+    "instruct-pointwise": Family("pointwise", instruct, settings=("prompt", "labels")),
     "bert-pairwise": Family("pairwise", rerankers),
     "duot5": Family("pairwise", rerankers),
     "fusion-pairwise": Family("pairwise", fused, fitted=True),
+    "instruct-pairwise": Family("pairwise", instruct, settings=("prompt", "labels")),
 }
 POINTWISE_FAMILIES = tuple(name for name, f in FAMILIES.items() if f.kind == "pointwise")
 PAIRWISE_FAMILIES = tuple(name for name, f in FAMILIES.items() if f.kind == "pairwise")
