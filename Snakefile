@@ -22,6 +22,7 @@ include: "rules/retriever.smk"
 include: "rules/teachers.smk"
 include: "rules/distill.smk"
 include: "rules/evaluate.smk"
+include: "rules/zeroshot.smk"
 include: "rules/ablations.smk"
 include: "rules/report.smk"
 

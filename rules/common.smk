@@ -24,6 +24,7 @@ os.environ["PAIRDISTILL_PYTHON"] = sys.executable
 PD = '"$PAIRDISTILL_PYTHON" -m pairdistill --threads {threads}'
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 from pairdistill.data import input_files  # noqa: E402  (after the path is set)
+from pairdistill.loaders import lotte as lotte_loader  # noqa: E402
 from pairdistill.shards import shard_names  # noqa: E402
 
 ITERATION = int(config["iteration"])
@@ -36,6 +37,7 @@ SHARDS = shard_names(int(config["shards"]))
 EVAL_SPLITS = [config["eval_split"]] if isinstance(config["eval_split"], str) else list(config["eval_split"])
 PREPARED_SPLITS = sorted({config["train_split"], *EVAL_SPLITS})
 BEIR = config["beir_eval"]
+LOTTE, QA = config["lotte_eval"], config["qa_eval"]  # rules/zeroshot.smk; no topic, no dataset: no job
 # a sharded stage's shard files, and the schema of its gathered file
 SHARDED = {"train_topk": "run", "pointwise": "pointwise", "pairs": "pairs", "pairwise": "pairwise"}
 
@@ -47,6 +49,10 @@ wildcard_constraints:
     stage="|".join(SHARDED),
     split=r"[^/]+",
     beir=r"[^/]+",
+    lotte=r"[^/]+",
+    query_set="|".join(lotte_loader.QUERY_SETS),
+    qa_passages=r"[^/]+",
+    qa=r"[^/]+",
 
 
 def resources_of(rule):
@@ -91,6 +97,47 @@ def check_inputs():
 
 
 check_inputs()
+
+
+def data_path(path):
+    """A path named in lotte_eval or qa_eval: relative to the data directory unless absolute."""
+    return os.path.join(DATA_DIR, os.path.expanduser(path))
+
+
+LOTTE_ROOT = data_path(LOTTE["root"])
+
+
+def lotte_files(topic):
+    return lotte_loader.input_files(LOTTE_ROOT, topic, LOTTE["split"], LOTTE["query_sets"])
+
+
+def qa_passages_file(name):
+    return data_path(QA["passages"][name])
+
+
+def qa_questions_file(name):
+    return data_path(QA["datasets"][name]["questions"])
+
+
+def check_zero_shot_inputs():
+    """Stop before any job with one line naming the LoTTE or QA file that is missing, and its key."""
+    if LOTTE["topics"] and not os.path.isdir(LOTTE_ROOT):
+        raise WorkflowError(f"LoTTE directory {LOTTE_ROOT} does not exist (config key: lotte_eval.root)")
+    for topic in LOTTE["topics"]:
+        for path in lotte_files(topic):
+            if not os.path.isfile(path):
+                raise WorkflowError(f"LoTTE file {path} does not exist (config key: lotte_eval.topics: {topic})")
+    for name, spec in QA["datasets"].items():
+        if spec["passages"] not in QA["passages"]:
+            raise WorkflowError(f"qa_eval.datasets.{name}.passages: {spec['passages']!r} is not a collection of "
+                                f"qa_eval.passages ({', '.join(QA['passages']) or 'none'})")
+        for path, key in ((qa_passages_file(spec["passages"]), f"qa_eval.passages.{spec['passages']}"),
+                          (qa_questions_file(name), f"qa_eval.datasets.{name}.questions")):
+            if not os.path.isfile(path):
+                raise WorkflowError(f"QA file {path} does not exist (config key: {key})")
+
+
+check_zero_shot_inputs()
 
 
 def beir_query_maxlen(dataset):
@@ -285,6 +332,10 @@ def score_cache(stage):
 def metric_files():
     files = [f"results/iter-{n}/eval/{split}/metrics.parquet" for n in range(ITERATION + 1) for split in EVAL_SPLITS]
     files += [f"results/iter-{n}/beir/{d}/eval/metrics.parquet" for n in range(ITERATION + 1) for d in BEIR["datasets"]]
+    files += [f"results/iter-{n}/lotte/{t}/eval/{s}/metrics.parquet" for n in range(ITERATION + 1)
+              for t in LOTTE["topics"] for s in LOTTE["query_sets"]]
+    files += [f"results/iter-{n}/qa/{spec['passages']}/eval/{d}/metrics.parquet" for n in range(ITERATION + 1)
+              for d, spec in QA["datasets"].items()]
     if teacher_rerank_enabled():
         files += [f"results/teachers/{kind}/rerank/metrics.parquet" for kind in ("pointwise", "pairwise")]
         files += ["results/teachers/pair_accuracy/metrics.parquet"]

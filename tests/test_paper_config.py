@@ -36,6 +36,21 @@ def make_standins(root: Path) -> Path:
         (d / "corpus.jsonl").write_text(json.dumps({"_id": "d1", "title": "", "text": "a passage"}) + "\n")
         (d / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "a query"}) + "\n")
         (d / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    lotte = paper["lotte_eval"]
+    for topic in lotte["topics"]:
+        d = root / lotte["root"] / topic / lotte["split"]
+        d.mkdir(parents=True)
+        (d / "collection.tsv").write_text("0\ta passage\n")
+        for query_set in lotte["query_sets"]:
+            (d / f"questions.{query_set}.tsv").write_text("0\ta question\n")
+            (d / f"qas.{query_set}.jsonl").write_text(json.dumps({"qid": 0, "query": "a question", "answer_pids": [0]}) + "\n")
+    qa = paper["qa_eval"]
+    for path in [*qa["passages"].values(), *(spec["questions"] for spec in qa["datasets"].values())]:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+    for path in qa["passages"].values():
+        (root / path).write_text("id\ttext\ttitle\n1\ta passage\tA title\n")
+    for spec in qa["datasets"].values():
+        (root / spec["questions"]).write_text('a question\t["an answer"]\n')
     return root
 
 
@@ -54,6 +69,8 @@ def test_paper_config_plans_every_job_of_both_iterations(tmp_path, standins, sha
     jobs = _plan(tmp_path, standins, shards=shards)
     counts = Counter(rule for rule, _ in jobs)
     beir = 13
+    lotte = 6       # five topics and pooled, each with search and forum queries
+    qa = 3          # NQ, TriviaQA, SQuAD over one passage collection
     assert dict(counts) == {
         "prepare": 1,
         "prepare_beir": beir,
@@ -68,13 +85,22 @@ def test_paper_config_plans_every_job_of_both_iterations(tmp_path, standins, sha
         "train": 2,
         "evaluate": 3 * 3,              # dev, DL19, DL20 for each of the three retrievers
         "evaluate_beir": 3 * beir,
+        "prepare_lotte": lotte,
+        "index_lotte": 3 * lotte,
+        "evaluate_lotte": 3 * lotte * 2,
+        "prepare_qa_passages": 1,
+        "prepare_qa": qa,
+        "index_qa": 3,
+        "evaluate_qa": 3 * qa,
         "summary": 1,
         "figures": 1,                   # the report's figures
     }
     outputs = {o for _, outs in jobs for o in outs}
     assert f"results/iter-2/pairwise/shard-{shards - 1:03d}-of-{shards:03d}.parquet" in outputs
     assert {"results/iter-2/eval/dl20/metrics.parquet", "results/iter-1/beir/webis-touche2020/index",
-            "results/iter-2/checkpoint", "results/teacher_cache.tsv"} <= outputs
+            "results/iter-2/checkpoint", "results/teacher_cache.tsv",
+            "results/iter-2/lotte/pooled/eval/forum/metrics.parquet", "results/iter-0/lotte/writing/index",
+            "results/iter-1/qa/wiki/eval/squad/metrics.parquet", "results/iter-2/qa/wiki/index"} <= outputs
 
 
 def test_round_two_scoring_reads_round_one_scores_of_its_shard(tmp_path, standins):
