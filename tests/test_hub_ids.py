@@ -32,7 +32,7 @@ def _cache(hub: Path, repo_id: str, source: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory, tiny_cross_encoder_dir, tiny_t5_dir, tiny_bert_dir):
+def hub(tmp_path_factory, tiny_cross_encoder_dir, tiny_t5_dir, tiny_bert_dir, tiny_flan_t5_dir):
     root = tmp_path_factory.mktemp("hf")
     colbert = root / "tiny-colbert"
     student.init_checkpoint(tiny_bert_dir, colbert, dim=16, query_maxlen=8, doc_maxlen=24, seed=0)
@@ -40,6 +40,7 @@ def hub(tmp_path_factory, tiny_cross_encoder_dir, tiny_t5_dir, tiny_bert_dir):
     _cache(cache, "cross-encoder/ms-marco-MiniLM-L-6-v2", tiny_cross_encoder_dir)
     _cache(cache, "castorini/duot5-3b-msmarco", tiny_t5_dir)
     _cache(cache, "colbert-ir/colbertv2.0", str(colbert))
+    _cache(cache, "google/flan-t5-xl", tiny_flan_t5_dir)
     return cache
 
 
@@ -63,11 +64,11 @@ def _inputs(d: Path) -> None:
                    "run", d / "topk.parquet")
 
 
-def _pointwise(hub: Path, model: str, cwd: Path) -> subprocess.CompletedProcess:
+def _pointwise(hub: Path, model: str, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
     _inputs(cwd)
     return _run(hub, "pointwise", "--topk", "topk.parquet", "--corpus", "corpus.parquet", "--queries",
                 "queries.parquet", "--qrels", "qrels.parquet", "--out", "pointwise.parquet", "--split", "train",
-                "--model", model, "--max-length", "32", "--batch-size", "4", cwd=cwd)
+                "--model", model, "--max-length", "32", "--batch-size", "4", *extra, cwd=cwd)
 
 
 def test_teachers_by_hub_id_score_and_record_their_snapshot(hub, tmp_path):
@@ -85,6 +86,20 @@ def test_teachers_by_hub_id_score_and_record_their_snapshot(hub, tmp_path):
                 "--max-length", "64", "--batch-size", "2", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(io.read_metadata(tmp_path / "pairwise.parquet")["teacher"])["family"] == "duot5"
+
+
+def test_flan_t5_by_hub_id_is_the_papers_instruction_teacher(hub, tmp_path):
+    """google/flan-t5-xl from the cache, prompted with the paper's pointwise prompt (family explicit:
+    "auto" takes a T5 for monoT5)."""
+    from pairdistill.teachers.instruct import DEFAULT_PROMPT
+
+    proc = _pointwise(hub, "google/flan-t5-xl", tmp_path, "--family", "instruct-pointwise")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scores = io.read_table(tmp_path / "pointwise.parquet", "pointwise")
+    assert len(scores) == 3 and (scores["teacher_score"] < 0).all()  # log P(Yes)
+    teacher = json.loads(io.read_metadata(tmp_path / "pointwise.parquet")["teacher"])
+    assert teacher["family"] == "instruct-pointwise" and teacher["prompt"] == DEFAULT_PROMPT["pointwise"]
+    assert teacher["labels"] == ["Yes", "No"] and len(teacher["fingerprint"]) == 64
 
 
 def test_colbertv2_by_hub_id_becomes_the_iteration_0_checkpoint(hub, tmp_path):
