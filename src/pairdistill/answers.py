@@ -97,3 +97,15 @@ def metrics(run: pd.DataFrame, hits: np.ndarray, query_ids: Iterable[str], ks: S
     frame = pd.DataFrame({"system": system, "iteration": iteration, "eval_set": eval_set,
                           "measure": [f"Recall@{k}" for k in values], "value": list(values.values())})
     return io.to_table(frame.astype({"iteration": "Int32"}), "metrics").to_pandas()
+
+
+def qa_metrics(run: pd.DataFrame, corpus_path, answers_path, query_ids: Iterable[str], ks: Sequence[int], *,
+               match: str, system: str, iteration: int | None, eval_set: str) -> pd.DataFrame:
+    """Recall@k of a run over a QA set from the artifacts: the retrieved passages' texts (not their
+    titles, as in DPR; read from the corpus row group by row group) matched against the answer
+    strings of the ``answers`` artifact."""
+    rows = io.read_rows(corpus_path, "corpus", "doc_id", run["doc_id"].unique(), columns=["doc_id", "text"])
+    passages = dict(rows[["doc_id", "text"]].itertuples(index=False))
+    answers = io.read_table(answers_path, "answers").groupby("query_id", sort=False)["answer"].apply(list).to_dict()
+    hits = answer_hits(run, passages, answers, match)
+    return metrics(run, hits, query_ids, ks, system=system, iteration=iteration, eval_set=eval_set)
