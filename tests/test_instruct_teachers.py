@@ -166,6 +166,22 @@ def test_both_orders_in_the_pairwise_stage_are_symmetric(tiny_flan_t5_dir, tmp_p
     assert not np.allclose(rows["p_ab"] + rows["p_ba"].astype("float32"), 1.0, atol=1e-3)
 
 
+@pytest.mark.parametrize("kind", ["pointwise", "pairwise"])
+def test_scoring_in_bf16_follows_fp32(model, kind):
+    """teachers.<kind>.precision bf16 (flan-t5-xl on a GPU), here on a CPU: the weights are loaded in
+    bf16, the scores come back float32 within bf16 rounding of the fp32 ones, and the identity says so."""
+    columns = (QUERIES, DOCS) if kind == "pointwise" else (QUERIES, DOCS, OTHER)
+    fp32, bf16 = _load(model, kind), _load(model, kind, precision="bf16")
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+    call = "score" if kind == "pointwise" else "prob"
+    a, b = getattr(fp32, call)(*columns), getattr(bf16, call)(*columns)
+    assert b.dtype == np.float32 and np.isfinite(b).all()
+    np.testing.assert_allclose(b, a, atol=0.05, rtol=0.05)
+    ident = json.loads(teachers.identity(model[0], f"instruct-{kind}", kind, 64, "bf16", prompt=model[1].get(kind),
+                                         labels=model[2].get(kind)))
+    assert ident["precision"] == "bf16"
+
+
 # ---------------------------------------------------------------------------------- settings
 
 @pytest.mark.parametrize("kind, prompt, match", [
