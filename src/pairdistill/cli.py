@@ -99,6 +99,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--files", type=json.loads, default=None,
                    help='msmarco: JSON {"collection": ..., "queries": {split: ...}, "qrels": {split: ...}}')
 
+    p = sub.add_parser("prepare-lotte", help="a LoTTE topic (collection, questions, qas) -> Parquet")
+    p.add_argument("--root", required=True, help="the LoTTE release: <root>/<topic>/<split>/")
+    p.add_argument("--topic", required=True, help="writing, recreation, science, technology, lifestyle or pooled")
+    p.add_argument("--split", required=True, help="dev or test")
+    p.add_argument("--query-sets", nargs="+", required=True, choices=("search", "forum"))
+    p.add_argument("--out-dir", required=True)
+
+    p = sub.add_parser("prepare-qa-passages", help="DPR's passages (psgs_w100.tsv) -> corpus Parquet")
+    p.add_argument("--passages", required=True)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("prepare-qa", help="DPR's questions with answers (*.qa.csv) -> queries and answers Parquet")
+    p.add_argument("--questions", required=True)
+    p.add_argument("--name", required=True, help="the question set's name: the split of its queries")
+    p.add_argument("--out-dir", required=True)
+
     p = sub.add_parser("init-checkpoint", help="iteration-0 ColBERT checkpoint")
     p.add_argument("--base", required=True)
     p.add_argument("--out", required=True)
@@ -246,6 +262,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-set", required=True, help="name of the evaluation set in the metrics, e.g. msmarco/dev")
     _search_args(p)
 
+    p = sub.add_parser("evaluate-qa", help="search a QA set's questions; run + Recall@k by answer match")
+    for name in ("--checkpoint", "--index", "--corpus", "--queries", "--answers", "--out-dir"):
+        p.add_argument(name, required=True)
+    p.add_argument("--k", type=int, nargs="+", required=True, help="the cutoffs of Recall@k; searches max(k)")
+    p.add_argument("--match", choices=("string", "squad"), default="string",
+                   help="answer normalisation: DPR's string match, or SQuAD's (no punctuation, no articles)")
+    p.add_argument("--iteration", type=int, required=True)
+    p.add_argument("--eval-set", required=True, help="name of the evaluation set in the metrics, e.g. qa/nq")
+    _search_args(p)
+
     for kind in ("pointwise", "pairwise"):
         p = sub.add_parser(f"rerank-{kind}", help=f"the {kind} teacher as a reranker of a run's top")
         for name in ("--run", "--corpus", "--queries", "--qrels", "--out-dir", "--split"):
@@ -324,6 +350,12 @@ def run(a: argparse.Namespace):
     s = a.stage
     if s == "prepare":
         return stages.prepare(a.data_dir, a.dataset, a.splits, a.out_dir, format=a.format, files=a.files)
+    if s == "prepare-lotte":
+        return stages.prepare_lotte(a.root, a.topic, a.split, a.query_sets, a.out_dir)
+    if s == "prepare-qa-passages":
+        return stages.prepare_qa_passages(a.passages, a.out)
+    if s == "prepare-qa":
+        return stages.prepare_qa_questions(a.questions, a.name, a.out_dir)
     if s == "init-checkpoint":
         return stages.init_checkpoint(a.base, a.out, dim=a.dim, query_maxlen=a.query_maxlen,
                                       doc_maxlen=a.doc_maxlen, seed=a.seed, projection=a.projection,
@@ -382,6 +414,9 @@ def run(a: argparse.Namespace):
         return stages.evaluate_retriever(a.checkpoint, a.index, a.queries, a.qrels, a.out_dir, split=a.split,
                                          k=a.k, measures=a.measures, iteration=a.iteration, search=_search(a),
                                          eval_set=a.eval_set)
+    if s == "evaluate-qa":
+        return stages.evaluate_qa(a.checkpoint, a.index, a.corpus, a.queries, a.answers, a.out_dir, ks=a.k,
+                                  match=a.match, iteration=a.iteration, search=_search(a), eval_set=a.eval_set)
     if s in ("rerank-pointwise", "rerank-pairwise"):
         fn = stages.rerank_pointwise if s == "rerank-pointwise" else stages.rerank_pairwise
         extra = {"system": a.system} if s == "rerank-pointwise" and a.system else {}
@@ -429,7 +464,7 @@ def run(a: argparse.Namespace):
 # Stages that put a model on the GPU when there is one. They claim their GPU before anything
 # else touches CUDA (colbert-ai would otherwise run on the first visible one).
 GPU_STAGES = {"init-checkpoint", "index", "retrieve", "fit-teacher", "pointwise", "pairwise", "train",
-              "evaluate", "rerank-pointwise", "rerank-pairwise"}
+              "evaluate", "evaluate-qa", "rerank-pointwise", "rerank-pairwise"}
 
 
 def launch(argv: list[str], processes: int) -> int:

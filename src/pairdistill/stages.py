@@ -76,6 +76,36 @@ def prepare(data_dir: str, dataset: str, splits: Sequence[str], out_dir: str, *,
     return stats
 
 
+def prepare_lotte(root: str, topic: str, split: str, query_sets: Sequence[str], out_dir: str) -> dict:
+    """A LoTTE topic's collection, questions (a split per query set) and answer passages (qrels)."""
+    from .loaders import lotte
+
+    out = Path(out_dir)
+    stats = lotte.prepare(root, topic, split, query_sets, out / "corpus.parquet", out / "queries.parquet",
+                          out / "qrels.parquet")
+    _log(json.dumps(stats))
+    return stats
+
+
+def prepare_qa_passages(passages: str, out: str) -> dict:
+    """DPR's passages file (psgs_w100.tsv) streamed into a corpus artifact."""
+    from .loaders import qa
+
+    stats = qa.write_passages(passages, out)
+    _log(json.dumps(stats))
+    return stats
+
+
+def prepare_qa_questions(questions: str, name: str, out_dir: str) -> dict:
+    """A DPR questions file (*.qa.csv): its queries (split ``name``) and their answer strings."""
+    from .loaders import qa
+
+    out = Path(out_dir)
+    stats = qa.prepare_questions(questions, name, out / "queries.parquet", out / "answers.parquet")
+    _log(json.dumps(stats))
+    return stats
+
+
 def init_checkpoint(base: str, out: str, *, dim: int, query_maxlen: int, doc_maxlen: int, seed: int,
                     projection: str = "random", corpus_path: str | None = None,
                     projection_passages: int = 512) -> None:
@@ -531,6 +561,26 @@ def _write_eval(run, qrels, out: Path, measures, *, system: str, iteration: int 
     table = evaluate.metrics(run, qrels, measures, system=system, iteration=iteration, eval_set=eval_set)
     io.write_table(run, "run", out / "run.parquet")
     evaluate.write_trec(run, out / "run.trec", tag=system.replace(" ", "-"))
+    io.write_table(table, "metrics", out / "metrics.parquet")
+    _log(table.to_string(index=False))
+    return table
+
+
+def evaluate_qa(checkpoint: str, index_dir: str, corpus_path: str, queries_path: str, answers_path: str,
+                out_dir: str, *, ks: Sequence[int], match: str, iteration: int, search: dict,
+                eval_set: str) -> pd.DataFrame:
+    """Search every question of an open-domain QA set for its top max(ks) passages; write run.parquet,
+    run.trec and metrics.parquet (Recall@k: an answer string in one of the top k passages) into ``out_dir``."""
+    from . import answers, student
+
+    queries = io.read_table(queries_path, "queries")
+    questions = dict(queries[["query_id", "text"]].itertuples(index=False))
+    run = student.search(checkpoint, index_dir, questions, max(ks), progress_label="evaluate-qa", **search)
+    table = answers.qa_metrics(run, corpus_path, answers_path, list(questions), ks, match=match,
+                               system=f"iteration {iteration}", iteration=iteration, eval_set=eval_set)
+    out = Path(out_dir)
+    io.write_table(run, "run", out / "run.parquet")
+    evaluate.write_trec(run, out / "run.trec", tag=f"iteration-{iteration}")
     io.write_table(table, "metrics", out / "metrics.parquet")
     _log(table.to_string(index=False))
     return table
