@@ -36,6 +36,11 @@ def _opt_str(v: str) -> str | None:
     return None if v.lower() in ("none", "null", "") else v
 
 
+def _given(**kw) -> dict:
+    """The settings a command was given (flags left out take their defaults further in)."""
+    return {k: v for k, v in kw.items() if v is not None}
+
+
 def _search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ncells", type=int, required=True)
     p.add_argument("--centroid-score-threshold", type=float, required=True)
@@ -132,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--nbits", type=int, required=True)
+    p.add_argument("--arch", choices=("colbert", "dpr"), default="colbert",
+                   help="the student: ColBERT, or a single-vector DPR dual encoder on --base (--dim and the "
+                        "projection unused)")
+    p.add_argument("--dpr-shared", type=_bool, default=None, help="dpr: one encoder for queries and passages")
+    p.add_argument("--dpr-pooling", choices=("mean", "cls"), default=None)
+    p.add_argument("--dpr-score", choices=("dot", "cosine"), default=None)
+    p.add_argument("--dpr-scale", type=float, default=None, help="dpr: score = scale * similarity "
+                                                                 "(default 20 with cosine, 1 with dot)")
     p.add_argument("--doc-maxlen", type=int, required=True)
     p.add_argument("--kmeans-niters", type=int, default=4)
     p.add_argument("--reuse-sample-embeddings", type=_bool, default=True)
@@ -147,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(name, required=True)
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--max-queries", type=_opt_int, default=None)
+    p.add_argument("--dpr-index", choices=("flat", "ivf"), default=None,
+                   help="a DPR checkpoint's faiss index: exact inner product (default) or IVF")
+    p.add_argument("--dpr-nlist", type=int, default=None, help="ivf: k-means lists (at most one per passage)")
+    p.add_argument("--dpr-nprobe", type=int, default=None, help="ivf: lists searched per query")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard", default=None, help="e.g. 003-of-008: only the queries of that shard")
     _search_args(p)
@@ -258,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(name, required=True)
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--measures", nargs="+", required=True)
+    p.add_argument("--arch", choices=("colbert", "dpr"), default=None,
+                   help="the student kind the checkpoint must be (default: whichever it is)")
     p.add_argument("--iteration", type=int, required=True)
     p.add_argument("--eval-set", required=True, help="name of the evaluation set in the metrics, e.g. msmarco/dev")
     _search_args(p)
@@ -359,12 +378,15 @@ def run(a: argparse.Namespace):
     if s == "init-checkpoint":
         return stages.init_checkpoint(a.base, a.out, dim=a.dim, query_maxlen=a.query_maxlen,
                                       doc_maxlen=a.doc_maxlen, seed=a.seed, projection=a.projection,
-                                      corpus_path=a.corpus, projection_passages=a.projection_passages)
+                                      corpus_path=a.corpus, projection_passages=a.projection_passages,
+                                      arch=a.arch, dpr=_given(shared=a.dpr_shared, pooling=a.dpr_pooling,
+                                                              score=a.dpr_score, scale=a.dpr_scale))
     if s == "index":
         return stages.index(a.checkpoint, a.corpus, a.out, nbits=a.nbits, doc_maxlen=a.doc_maxlen,
                             kmeans_niters=a.kmeans_niters, reuse_sample_embeddings=a.reuse_sample_embeddings,
                             seed=a.seed, num_partitions=a.num_partitions, query_maxlen=a.query_maxlen,
-                            drop_self_matches=a.drop_self_matches)
+                            drop_self_matches=a.drop_self_matches,
+                            dpr_index=_given(type=a.dpr_index, nlist=a.dpr_nlist, nprobe=a.dpr_nprobe))
     if s == "retrieve":
         return stages.retrieve(a.checkpoint, a.index, a.queries, a.qrels, a.out, split=a.split, k=a.k,
                                max_queries=a.max_queries, seed=a.seed, search=_search(a), shard=a.shard)
@@ -409,7 +431,7 @@ def run(a: argparse.Namespace):
                             save_every=a.save_every, micro_batch=a.micro_batch, precision=a.precision,
                             grad_checkpointing=a.grad_checkpointing,
                             contrastive_negatives=a.contrastive_negatives, mined_negatives=a.mined_negatives,
-                            mined_per_query=a.mined_per_query)
+                            mined_per_query=a.mined_per_query, arch=a.arch)
     if s == "evaluate":
         return stages.evaluate_retriever(a.checkpoint, a.index, a.queries, a.qrels, a.out_dir, split=a.split,
                                          k=a.k, measures=a.measures, iteration=a.iteration, search=_search(a),

@@ -284,7 +284,8 @@ def resolve_model(spec: str) -> str:
         p = p.expanduser()
         if not p.exists():
             raise FileNotFoundError(f"{spec}: model path does not exist")
-        if p.is_dir() and not (p / "config.json").exists() and not (p / "pairdistill_teacher.json").exists():
+        if p.is_dir() and not any((p / f).exists() for f in ("config.json", "pairdistill_teacher.json",
+                                                             "pairdistill_dpr.json")):
             raise FileNotFoundError(f"{spec}: model directory has no config.json")
         return str(p)
     return spec

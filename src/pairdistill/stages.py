@@ -108,11 +108,19 @@ def prepare_qa_questions(questions: str, name: str, out_dir: str) -> dict:
 
 def init_checkpoint(base: str, out: str, *, dim: int, query_maxlen: int, doc_maxlen: int, seed: int,
                     projection: str = "random", corpus_path: str | None = None,
-                    projection_passages: int = 512) -> None:
+                    projection_passages: int = 512, arch: str = "colbert", dpr: dict | None = None) -> None:
     """Iteration 0's checkpoint; a ``pca`` projection is fitted on a seeded sample of
-    ``projection_passages`` passages of the corpus."""
+    ``projection_passages`` passages of the corpus. ``arch`` dpr: a DPR student on ``base`` with
+    the settings ``dpr`` (student.dpr; ``dim`` and the projection are ColBERT's, unused)."""
     from . import student
 
+    if arch == "dpr":
+        from .students import DPRSettings, dpr as dpr_student
+
+        settings = DPRSettings.from_config({"dpr": dpr or {}, "query_maxlen": query_maxlen, "doc_maxlen": doc_maxlen})
+        dpr_student.init_checkpoint(base, out, settings, seed=seed)
+        _log(f"initial DPR checkpoint from {base} ({json.dumps(settings.to_json())}) -> {out}")
+        return
     passages: list[str] = []
     if projection == "pca":
         if corpus_path is None:
@@ -129,13 +137,24 @@ def init_checkpoint(base: str, out: str, *, dim: int, query_maxlen: int, doc_max
 
 def index(checkpoint: str, corpus_path: str, out: str, *, nbits: int, doc_maxlen: int, kmeans_niters: int,
           reuse_sample_embeddings: bool, seed: int, num_partitions: int | None = None,
-          query_maxlen: int | None = None, drop_self_matches: bool = False) -> dict:
-    """A PLAID index of the corpus; ``query_maxlen`` and ``drop_self_matches`` are kept in it for
-    every search of this collection (BEIR's ArguAna: 300-token queries, its own argument dropped)."""
-    from . import student
+          query_maxlen: int | None = None, drop_self_matches: bool = False, dpr_index: dict | None = None) -> dict:
+    """The checkpoint's index of the corpus: PLAID for a ColBERT student, faiss for a DPR one
+    (``dpr_index``: index.dpr's type, nlist, nprobe; the PLAID settings are unused). ``query_maxlen``
+    and ``drop_self_matches`` are kept in it for every search of this collection (BEIR's ArguAna:
+    300-token queries, its own argument dropped)."""
+    from . import student, students
 
     corpus = io.read_table(corpus_path, "corpus")
     texts = list(_texts(corpus).values())  # document ids are unique, so this keeps corpus order
+    if students.arch_of(checkpoint) == "dpr":
+        from .students import dpr
+
+        s = students.index_settings({"dpr": dpr_index or {}})
+        stats = dpr.build_index(checkpoint, corpus, texts, out, index_type=s["type"], nlist=s["nlist"],
+                                nprobe=s["nprobe"], seed=seed, doc_maxlen=doc_maxlen, query_maxlen=query_maxlen,
+                                drop_self_matches=drop_self_matches)
+        _log(json.dumps(stats))
+        return stats
     stats = student.build_index(checkpoint, corpus, texts, out, nbits=nbits, doc_maxlen=doc_maxlen,
                                 kmeans_niters=kmeans_niters, reuse_sample_embeddings=reuse_sample_embeddings,
                                 seed=seed, num_partitions=num_partitions, query_maxlen=query_maxlen,
@@ -492,7 +511,7 @@ def train(checkpoint_in: str, corpus_path: str, queries_path: str, qrels_path: s
           pairwise_path: str, checkpoint_out: str, loss_out: str, *, split: str, nway: int, use_labels: bool,
           seed: int, query_maxlen: int, doc_maxlen: int, unlabelled_queries: bool = False,
           state_dir: str | None = None, save_every: int = 50, contrastive_negatives: str = "teacher",
-          mined_negatives: str | None = None, mined_per_query: int = 8, **hyper) -> dict:
+          mined_negatives: str | None = None, mined_per_query: int = 8, arch: str | None = None, **hyper) -> dict:
     """Checkpoint n -> n+1. With ``unlabelled_queries`` (and ``use_labels``) queries of ``split``
     without a labelled positive are trained on too, with the KD and pairwise terms only. With
     ``state_dir`` a resumable state is kept there every ``save_every`` steps (removed when done).
@@ -540,7 +559,7 @@ def train(checkpoint_in: str, corpus_path: str, queries_path: str, qrels_path: s
     stats = training.train(checkpoint_in, checkpoint_out, loss_out, corpus_texts=corpus, query_texts=queries,
                            groups=groups, nway=nway, use_labels=use_labels, seed=seed,
                            query_maxlen=query_maxlen, doc_maxlen=doc_maxlen, state_dir=state_dir,
-                           save_every=save_every, contrastive_negatives=contrastive_negatives, **hyper)
+                           save_every=save_every, contrastive_negatives=contrastive_negatives, arch=arch, **hyper)
     _log(json.dumps({**gstats, **stats}))
     return stats
 

@@ -295,9 +295,22 @@ def build_index(checkpoint: str | Path, corpus: pd.DataFrame, texts: Sequence[st
 
 def search(checkpoint: str | Path, index_dir: str | Path, queries: Mapping[str, str], k: int, *,
            ncells: int, centroid_score_threshold: float, ndocs: int, batch: int = 64, progress_label: str | None = None) -> pd.DataFrame:
-    """Top-``k`` of every query through colbert-ai's Searcher: a frame in the io "run" schema."""
+    """Top-``k`` of every query through colbert-ai's Searcher: a frame in the io "run" schema. A DPR
+    checkpoint searches its faiss index instead (:func:`pairdistill.students.dpr.search`; the PLAID
+    settings are unused)."""
     if not queries:
         return empty_run()
+    from . import students
+
+    if students.arch_of(checkpoint) == "dpr":
+        from .students import dpr
+
+        return dpr.search(checkpoint, index_dir, queries, k, progress_label=progress_label)
+    if (Path(index_dir) / students.FAISS_META).exists():
+        from .errors import InputError
+
+        raise InputError(index_dir, f"a faiss index (a DPR student's); the ColBERT checkpoint {checkpoint} "
+                                    "searches the PLAID index built with it")
     setup_colbert()
     from colbert import Searcher
 

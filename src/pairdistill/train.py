@@ -4,6 +4,11 @@ colbert-ai's trainer always wraps DDP and has no place for a pairwise term, so t
 its ``ColBERT`` model class directly (query/doc encoders, MaxSim scoring) and saves a checkpoint
 that stock colbert-ai indexes and searches.
 
+The loop reaches the student only through its kind's interface (:class:`ColBERTKind`: load,
+tokenize, encode, score, save), so a DPR student (:class:`pairdistill.students.dpr.DPRKind`, one
+vector per text, score = scaled inner product) trains in the same loop with the same losses; the
+kind is read from the input checkpoint.
+
 One training group per query: ``nway`` passages from the pointwise-reranked list (the labelled
 positive first when labels are used; then the passages of the sampled pairs; then the best
 teacher-ranked rest), the pointwise teacher's scores for them, and the sampled pairs whose two
@@ -208,6 +213,58 @@ def _maxsim_aligned(Q: torch.Tensor, D: torch.Tensor, D_mask: torch.Tensor, nway
         return sim.max(-1).values.sum(-1)
 
 
+class ColBERTKind:
+    """The loop's interface to a student kind, here colbert-ai's ColBERT (a DPR student has its
+    own: :class:`pairdistill.students.dpr.DPRKind`): load a checkpoint, its tokenizers
+    (``tensorize(texts) -> (ids, mask)``), the encoders (queries -> Q; passages -> D and their mask),
+    the scores of every query against every passage and against its own ``nway`` only, the
+    encoder's gradient checkpointing, and saving. The loop (groups, batches, losses, micro-batches,
+    processes, resumable states) is the same for every kind."""
+
+    arch = "colbert"
+
+    def load(self, checkpoint, *, query_maxlen: int, doc_maxlen: int):
+        model = student.load_student(checkpoint, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)
+        model.use_gpu = False  # colbert-ai halves D on a GPU (for indexing); train.precision decides here
+        return model
+
+    def tokenizers(self, model):
+        from colbert.modeling.tokenization import DocTokenizer, QueryTokenizer
+
+        return QueryTokenizer(model.colbert_config), DocTokenizer(model.colbert_config)
+
+    def encode(self, model, q_ids, q_mask, d_ids, d_mask):
+        Q = model.query(q_ids, q_mask)
+        D, D_mask = model.doc(d_ids, d_mask, keep_dims="return_mask")
+        return Q, D, D_mask
+
+    def score_all(self, Q, D, D_mask):
+        return _maxsim(Q, D, D_mask)
+
+    def score_aligned(self, Q, D, D_mask, nway: int):
+        return _maxsim_aligned(Q, D, D_mask, nway)
+
+    def gradient_checkpointing(self, model) -> None:
+        model.bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    def save(self, model, out_dir) -> None:
+        student.save_student(model, out_dir)
+
+
+COLBERT = ColBERTKind()
+
+
+def student_kind(checkpoint: str):
+    """The training interface of the student kind ``checkpoint`` is (read from its directory)."""
+    from . import students
+
+    if students.arch_of(runtime.resolve_model(checkpoint)) == "dpr":
+        from .students.dpr import DPRKind
+
+        return DPRKind(checkpoint)
+    return COLBERT
+
+
 # --- one step's gradients: batches, micro-batches, processes --------------------------------------
 
 CONTRASTIVE_NEGATIVES = ("teacher", "in_batch", "mined")
@@ -283,16 +340,17 @@ def _layout(shares: list[tuple[int, torch.Tensor]], nway: int, device) -> Layout
 
 def step_loss(Q: torch.Tensor, D: torch.Tensor, D_mask: torch.Tensor, layout: Layout, batch: Batch,
               loss_fn: PairDistillLoss, *, contrastive_negatives: str = "teacher",
-              in_batch_negatives: bool = False, use_labels: bool = True) -> dict[str, torch.Tensor]:
-    """The whole batch's loss (fp32) from its embeddings; ``batch`` holds the whole batch's targets."""
+              in_batch_negatives: bool = False, use_labels: bool = True, kind=COLBERT) -> dict[str, torch.Tensor]:
+    """The whole batch's loss (fp32) from its embeddings, scored by the student ``kind``; ``batch``
+    holds the whole batch's targets."""
     B, nway = Q.shape[0], batch.nway
     pos = batch.positive_index
     wide_cl = use_labels and (contrastive_negatives != "teacher" or in_batch_negatives)
     if not wide_cl:  # teacher negatives, own group only: no extras, so D is the groups, query-major
-        scores = _maxsim_aligned(Q, D, D_mask, nway)
+        scores = kind.score_aligned(Q, D, D_mask, nway)
         return loss_fn(scores, batch.teacher, batch.pair_index, batch.teacher_prob,
                        positive_index=pos if use_labels else None)
-    wide = _maxsim(Q, D, D_mask)  # (B, N): every passage of the batch
+    wide = kind.score_all(Q, D, D_mask)  # (B, N): every passage of the batch
     scores = wide.gather(1, layout.group_cols)
     rows = torch.arange(B, device=wide.device)[:, None]
     own = layout.owner[None, :] == rows
@@ -407,16 +465,14 @@ def _rng_set(state: tuple) -> None:
         torch.cuda.set_rng_state(state[1])
 
 
-def _encode(model, batch: Batch, lo: int, hi: int, rows: torch.Tensor, autocast):
+def _encode(model, batch: Batch, lo: int, hi: int, rows: torch.Tensor, autocast, kind=COLBERT):
     with autocast():
-        Q = model.query(batch.q_ids[lo:hi], batch.q_mask[lo:hi])
-        D, D_mask = model.doc(batch.d_ids[rows], batch.d_mask[rows], keep_dims="return_mask")
-    return Q, D, D_mask
+        return kind.encode(model, batch.q_ids[lo:hi], batch.q_mask[lo:hi], batch.d_ids[rows], batch.d_mask[rows])
 
 
 def batch_gradients(model, batch: Batch, loss_fn: PairDistillLoss, *, contrastive_negatives: str = "teacher",
                     in_batch_negatives: bool = False, use_labels: bool = True, micro_batch: int | None = None,
-                    autocast=contextlib.nullcontext, backward=None) -> dict[str, torch.Tensor]:
+                    autocast=contextlib.nullcontext, backward=None, kind=COLBERT) -> dict[str, torch.Tensor]:
     """Add the gradient of the whole batch's loss to the parameters' ``.grad``; return the loss parts.
 
     ``batch`` is this process's share (with several processes every other share is gathered and
@@ -424,16 +480,17 @@ def batch_gradients(model, batch: Batch, loss_fn: PairDistillLoss, *, contrastiv
     gradient cache: embed every micro-batch without a graph, take the loss's gradient with respect
     to the embeddings, then re-encode each micro-batch (same RNG state, so the same dropout masks)
     and back-propagate its slice. ``autocast`` is the encoders' mixed-precision context and
-    ``backward`` the call that back-propagates a loss (accelerate's, with loss scaling for fp16).
+    ``backward`` the call that back-propagates a loss (accelerate's, with loss scaling for fp16);
+    ``kind`` the student kind (:class:`ColBERTKind`) that encodes and scores.
     """
     backward = backward or (lambda t: t.backward())
     world, _ = _world()
     b = batch.size
     everything = torch.arange(batch.d_ids.shape[0])
     kw = dict(contrastive_negatives=contrastive_negatives, in_batch_negatives=in_batch_negatives,
-              use_labels=use_labels)
+              use_labels=use_labels, kind=kind)
     if micro_batch is None or micro_batch >= b:
-        Q, D, D_mask = _encode(model, batch, 0, b, everything, autocast)
+        Q, D, D_mask = _encode(model, batch, 0, b, everything, autocast, kind)
         Qw, Dw, Mw, layout, whole = _gather_batch(Q, D, D_mask, batch)
         parts = step_loss(Qw, Dw, Mw, layout, whole, loss_fn, **kw)
         backward(parts["loss"])
@@ -444,7 +501,7 @@ def batch_gradients(model, batch: Batch, loss_fn: PairDistillLoss, *, contrastiv
             for lo, hi in chunks:
                 rows = batch.passage_rows(lo, hi)
                 states.append(_rng_now())
-                q, d, m = _encode(model, batch, lo, hi, rows, autocast)
+                q, d, m = _encode(model, batch, lo, hi, rows, autocast, kind)
                 if Q is None:  # kept in fp32 (or wider) whatever autocast hands over
                     Q = q.new_zeros((b, *q.shape[1:]), dtype=torch.promote_types(q.dtype, torch.float32))
                     D = d.new_zeros((batch.d_ids.shape[0], *d.shape[1:]), dtype=torch.promote_types(d.dtype, torch.float32))
@@ -459,7 +516,7 @@ def batch_gradients(model, batch: Batch, loss_fn: PairDistillLoss, *, contrastiv
         for (lo, hi), state in zip(chunks, states):  # pass 2: each micro-batch with its graph
             rows = batch.passage_rows(lo, hi)
             _rng_set(state)
-            q, d, _ = _encode(model, batch, lo, hi, rows, autocast)
+            q, d, _ = _encode(model, batch, lo, hi, rows, autocast, kind)
             backward((q.to(gQ.dtype) * gQ[lo:hi]).sum() + (d.to(gD.dtype) * gD[rows.to(gD.device)]).sum())
         _rng_set(after)
     if world > 1:
@@ -661,7 +718,7 @@ def train(checkpoint_in: str, checkpoint_out: str | Path, loss_out: str | Path, 
           query_maxlen: int, doc_maxlen: int, seed: int, grad_clip: float = 1.0,
           state_dir: str | Path | None = None, save_every: int = 50, micro_batch: int | None = None,
           precision: str = "auto", grad_checkpointing: bool = False,
-          contrastive_negatives: str = "teacher") -> dict:
+          contrastive_negatives: str = "teacher", arch: str | None = None) -> dict:
     """Train and save ``checkpoint_out`` plus the loss curve ``loss_out``; returns run statistics.
 
     With ``use_labels``, a group's ``positive_index`` is its labelled positive's column, or -1 for
@@ -673,9 +730,11 @@ def train(checkpoint_in: str, checkpoint_out: str | Path, loss_out: str | Path, 
     each takes ``batch_size / processes`` queries per step (see the module docstring).
     ``micro_batch`` (queries per forward/backward in a process) and ``grad_checkpointing`` change
     memory and time, not the gradients, so a state saved with other values is resumed.
+
+    The student kind (ColBERT or DPR) is the checkpoint's own; ``arch``, when given, is the one
+    it must be (config ``student.arch``).
     """
     from accelerate import Accelerator
-    from colbert.modeling.tokenization import DocTokenizer, QueryTokenizer
 
     world, rank = launch_rank()
     if use_labels and any(g.positive_index is None for g in groups):
@@ -691,6 +750,12 @@ def train(checkpoint_in: str, checkpoint_out: str | Path, loss_out: str | Path, 
         raise SettingError(f"train.batch_size: {batch_size} queries do not split evenly over {world} processes")
     if world == 1 and not groups:
         raise ValueError("no training groups: every query was skipped (see the group statistics in the log)")
+    kind = student_kind(checkpoint_in)
+    if arch is not None and kind.arch != arch:
+        raise SettingError(f"student.arch: {arch}, but the checkpoint {checkpoint_in} is a {kind.arch} student")
+    if world > 1 and kind.arch != "colbert":
+        raise SettingError(f"resources.train.gpu: {world} data-parallel processes train ColBERT students only so far; "
+                           f"a {kind.arch} student trains in one process")
 
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda and world > 1 else runtime.device()
@@ -733,12 +798,10 @@ def train(checkpoint_in: str, checkpoint_out: str | Path, loss_out: str | Path, 
                        run_fingerprint(checkpoint_in, hyper, groups, query_texts, digest=digest, n_groups=n_total))
 
     runtime.seed_everything(seed + rank)  # each process its own dropout masks
-    model = student.load_student(checkpoint_in, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)
-    model.use_gpu = False  # colbert-ai halves D on a GPU (for indexing); train.precision decides here
+    model = kind.load(checkpoint_in, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)
     if grad_checkpointing:
-        model.bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    config = model.colbert_config
-    qtok, dtok = QueryTokenizer(config), DocTokenizer(config)
+        kind.gradient_checkpointing(model)
+    qtok, dtok = kind.tokenizers(model)
     model.train()
 
     steps_per_epoch = math.ceil(n_total / batch_size)
@@ -790,7 +853,8 @@ def train(checkpoint_in: str, checkpoint_out: str | Path, loss_out: str | Path, 
         print(f"training on {n_total} groups: {total} steps of {batch_size} queries x {nway} passages"
               f"{f' ({world} processes of {local_b})' if world > 1 else ''}, precision {precision}"
               f"{f', micro-batches of {micro_batch}' if micro_batch and micro_batch < local_b else ''}"
-              f", contrastive negatives: {contrastive_negatives}", flush=True)
+              f", contrastive negatives: {contrastive_negatives}"
+              f"{f', a {kind.arch} student' if kind is not COLBERT else ''}", flush=True)
         if state_dir is not None:
             print(f"keeping a resumable state in {state_dir} every {save_every} steps", flush=True)
     progress = Progress(total - step, f"train from step {step}" if step else "train", unit="steps")
@@ -809,7 +873,7 @@ def train(checkpoint_in: str, checkpoint_out: str | Path, loss_out: str | Path, 
         parts = batch_gradients(model, batch, loss_fn, contrastive_negatives=contrastive_negatives,
                                 in_batch_negatives=in_batch_negatives, use_labels=use_labels,
                                 micro_batch=micro_batch, autocast=accelerator.autocast,
-                                backward=accelerator.backward)
+                                backward=accelerator.backward, kind=kind)
         if grad_clip:
             accelerator.clip_grad_norm_(params, grad_clip)
         optimizer.step()
@@ -846,7 +910,7 @@ def train(checkpoint_in: str, checkpoint_out: str | Path, loss_out: str | Path, 
                 accelerator.wait_for_everyone()
     model.eval()
     if main:
-        student.save_student(model, checkpoint_out)
+        kind.save(model, checkpoint_out)
         io.write_table(pd.DataFrame(rows), "loss", loss_out)
         if state_dir is not None:
             remove_state_dir(state_dir)
