@@ -131,12 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the new projection: colbert-ai's random initialisation, or PCA of passage tokens")
     p.add_argument("--corpus", default=None, help="pca: the corpus whose passages it samples")
     p.add_argument("--projection-passages", type=int, default=512, help="pca: passages sampled")
-
-    p = sub.add_parser("index", help="PLAID index of the corpus")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--corpus", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--nbits", type=int, required=True)
     p.add_argument("--arch", choices=("colbert", "dpr"), default="colbert",
                    help="the student: ColBERT, or a single-vector DPR dual encoder on --base (--dim and the "
                         "projection unused)")
@@ -145,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dpr-score", choices=("dot", "cosine"), default=None)
     p.add_argument("--dpr-scale", type=float, default=None, help="dpr: score = scale * similarity "
                                                                  "(default 20 with cosine, 1 with dot)")
+
+    p = sub.add_parser("index", help="PLAID index of the corpus")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--nbits", type=int, required=True)
     p.add_argument("--doc-maxlen", type=int, required=True)
     p.add_argument("--kmeans-niters", type=int, default=4)
     p.add_argument("--reuse-sample-embeddings", type=_bool, default=True)
@@ -154,16 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="query tokens when this collection is searched (kept in the index); default: the checkpoint's")
     p.add_argument("--drop-self-matches", type=_bool, default=False,
                    help="searches drop a hit whose id is the query's own (BEIR's ArguAna); kept in the index")
+    p.add_argument("--dpr-index", choices=("flat", "ivf"), default=None,
+                   help="a DPR checkpoint's faiss index: exact inner product (default) or IVF")
+    p.add_argument("--dpr-nlist", type=int, default=None, help="ivf: k-means lists (at most one per passage)")
+    p.add_argument("--dpr-nprobe", type=int, default=None, help="ivf: lists searched per query")
 
     p = sub.add_parser("retrieve", help="top-k of a split's queries")
     for name in ("--checkpoint", "--index", "--queries", "--qrels", "--out", "--split"):
         p.add_argument(name, required=True)
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--max-queries", type=_opt_int, default=None)
-    p.add_argument("--dpr-index", choices=("flat", "ivf"), default=None,
-                   help="a DPR checkpoint's faiss index: exact inner product (default) or IVF")
-    p.add_argument("--dpr-nlist", type=int, default=None, help="ivf: k-means lists (at most one per passage)")
-    p.add_argument("--dpr-nprobe", type=int, default=None, help="ivf: lists searched per query")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard", default=None, help="e.g. 003-of-008: only the queries of that shard")
     _search_args(p)
@@ -269,14 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mined-per-query", type=int, default=8, help="mined negatives per labelled query")
     p.add_argument("--processes", type=int, default=1,
                    help="data-parallel processes, one per GPU (launched by this command); 1: this process")
+    p.add_argument("--arch", choices=("colbert", "dpr"), default=None,
+                   help="the student kind the checkpoint must be (default: whichever it is)")
 
     p = sub.add_parser("evaluate", help="search a split's queries; run + metrics + TREC file")
     for name in ("--checkpoint", "--index", "--queries", "--qrels", "--out-dir", "--split"):
         p.add_argument(name, required=True)
     p.add_argument("--k", type=int, required=True)
     p.add_argument("--measures", nargs="+", required=True)
-    p.add_argument("--arch", choices=("colbert", "dpr"), default=None,
-                   help="the student kind the checkpoint must be (default: whichever it is)")
     p.add_argument("--iteration", type=int, required=True)
     p.add_argument("--eval-set", required=True, help="name of the evaluation set in the metrics, e.g. msmarco/dev")
     _search_args(p)
