@@ -24,6 +24,8 @@ os.environ["PAIRDISTILL_PYTHON"] = sys.executable
 PD = '"$PAIRDISTILL_PYTHON" -m pairdistill --threads {threads}'
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 from pairdistill.data import input_files  # noqa: E402  (after the path is set)
+from pairdistill import students  # noqa: E402
+from pairdistill.errors import SettingError  # noqa: E402
 from pairdistill.loaders import lotte as lotte_loader  # noqa: E402
 from pairdistill.shards import shard_names  # noqa: E402
 
@@ -276,6 +278,38 @@ def check_training(t, gpus, key="train"):
 
 
 check_training(config["train"], int(resources_of("train").get("gpu", 0)))
+
+
+# The student kind, student.arch (colbert unless set; pairdistill.students). A DPR student's
+# settings reach init_checkpoint, index and train as params and flags that only a DPR run has, so
+# a ColBERT run's params and commands, and a finished run's record of them, stay as they were.
+try:
+    STUDENT_ARCH = students.check_config(config, int(resources_of("train").get("gpu", 0)))
+except SettingError as exc:
+    raise WorkflowError(str(exc)) from None
+
+
+def student_params(step):
+    """The DPR settings of ``step`` (init, index or train) as params; none for ColBERT."""
+    if STUDENT_ARCH != "dpr":
+        return {}
+    if step == "init":
+        s = students.DPRSettings.from_config(config["student"])
+        return {"dpr": {"shared": s.shared, "pooling": s.pooling, "score": s.score, "scale": s.scale}}
+    if step == "index":
+        return {"dpr_index": students.index_settings(config["index"])}
+    return {"arch": STUDENT_ARCH}
+
+
+def student_flags(step):
+    """The command-line flags of :func:`student_params` ("" for ColBERT)."""
+    if STUDENT_ARCH != "dpr":
+        return ""
+    return {"init": " --arch dpr --dpr-shared {params.dpr[shared]} --dpr-pooling {params.dpr[pooling]}"
+                    " --dpr-score {params.dpr[score]} --dpr-scale {params.dpr[scale]}",
+            "index": " --dpr-index {params.dpr_index[type]} --dpr-nlist {params.dpr_index[nlist]}"
+                     " --dpr-nprobe {params.dpr_index[nprobe]}",
+            "train": " --arch {params.arch}"}[step]
 
 
 def teacher_model(kind):

@@ -3,7 +3,7 @@
 
 rule init_checkpoint:
     input:
-        corpus=[CORPUS] if config["student"].get("projection", "random") == "pca" else [],
+        corpus=[CORPUS] if STUDENT_ARCH == "colbert" and config["student"].get("projection", "random") == "pca" else [],
     output:
         directory(ckpt(0)),
     params:
@@ -15,6 +15,7 @@ rule init_checkpoint:
         query_maxlen=config["student"]["query_maxlen"],
         doc_maxlen=config["student"]["doc_maxlen"],
         seed=config["seed"],
+        **student_params("init"),  # a DPR student's settings; none for ColBERT
     log:
         "logs/init_checkpoint/iter-0.log",
     benchmark:
@@ -26,7 +27,7 @@ rule init_checkpoint:
         PD + " init-checkpoint --base {params.base:q} --out {output:q} --dim {params.dim}"
         " --query-maxlen {params.query_maxlen} --doc-maxlen {params.doc_maxlen} --seed {params.seed}"
         " --projection {params.projection} --projection-passages {params.passages}"
-        " {params.corpus}"
+        " {params.corpus}" + student_flags("init") +
         " > {log} 2>&1"
 
 
@@ -43,6 +44,7 @@ rule index:
         reuse=config["index"]["reuse_sample_embeddings"],
         partitions=config["index"].get("num_partitions"),
         seed=config["seed"],
+        **student_params("index"),
     log:
         "logs/index/iter-{it}.log",
     benchmark:
@@ -54,7 +56,7 @@ rule index:
         PD + " index --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --out {output:q}"
         " --nbits {params.nbits} --doc-maxlen {params.doc_maxlen} --kmeans-niters {params.kmeans_niters}"
         " --reuse-sample-embeddings {params.reuse} --num-partitions {params.partitions} --seed {params.seed}"
-        " > {log} 2>&1"
+        + student_flags("index") + " > {log} 2>&1"
 
 
 rule retrieve:
@@ -110,6 +112,7 @@ rule train:
         t=train_settings(config["train"]),
         student=config["student"],
         seed=config["seed"],
+        **student_params("train"),
     log:
         "logs/train/iter-{it}.log",
     benchmark:
@@ -134,7 +137,7 @@ rule train:
         " --processes {resources.gpu}"
         " --state-dir \"$(dirname {output.checkpoint:q})/train_state\" --save-every {resources.save_every}"
         " --query-maxlen {params.student[query_maxlen]} --doc-maxlen {params.student[doc_maxlen]}"
-        " --seed {params.seed} > {log} 2>&1"
+        " --seed {params.seed}" + student_flags("train") + " > {log} 2>&1"
 
 
 rule index_beir:
@@ -156,6 +159,7 @@ rule index_beir:
         seed=config["seed"],
         query_maxlen=lambda w: beir_query_maxlen(w.beir),
         drop_self=lambda w: w.beir in BEIR.get("drop_self_matches", []),
+        **student_params("index"),
     log:
         "logs/index_beir/iter-{it}/{beir}.log",
     benchmark:
@@ -167,4 +171,5 @@ rule index_beir:
         PD + " index --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --out {output:q}"
         " --nbits {params.nbits} --doc-maxlen {params.doc_maxlen} --kmeans-niters {params.kmeans_niters}"
         " --reuse-sample-embeddings {params.reuse} --num-partitions {params.partitions} --seed {params.seed}"
-        " --query-maxlen {params.query_maxlen} --drop-self-matches {params.drop_self} > {log} 2>&1"
+        " --query-maxlen {params.query_maxlen} --drop-self-matches {params.drop_self}" + student_flags("index")
+        + " > {log} 2>&1"
