@@ -284,7 +284,7 @@ check_training(config["train"], int(resources_of("train").get("gpu", 0)))
 # settings reach init_checkpoint, index and train as params and flags that only a DPR run has, so
 # a ColBERT run's params and commands, and a finished run's record of them, stay as they were.
 try:
-    STUDENT_ARCH = students.check_config(config, int(resources_of("train").get("gpu", 0)))
+    STUDENT_ARCH = students.check_config(config)
 except SettingError as exc:
     raise WorkflowError(str(exc)) from None
 

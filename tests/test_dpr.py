@@ -139,14 +139,7 @@ def test_training_steps_lower_the_loss(which, shared, separate):
 
 
 def test_micro_batches_give_the_full_batch_gradients(separate):
-    kind = dpr.DPRKind(separate)
-    loss_fn = PairDistillLoss(lambda_kd=1.0, lambda_pair=3.0, temperature=1.0, use_labels=True)
-    grads = []
-    for micro in (None, 2):
-        model = kind.load(separate, query_maxlen=16, doc_maxlen=32).eval()
-        training.batch_gradients(model, _batch(model, _groups(mined=2)), loss_fn, contrastive_negatives="mined",
-                                 in_batch_negatives=True, micro_batch=micro, kind=kind)
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    grads = [_gradients(separate, _groups(mined=2), micro)[0] for micro in (None, 2)]
     assert len(grads[0]) > 10
     assert_same_gradients(grads[1], grads[0])  # token_type_embeddings sums every token: fp32 rounding
 
@@ -199,12 +192,47 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_the_checkpoint_must_be_the_configured_kind_and_trains_in_one_process(resume_inputs, tmp_path, monkeypatch):
+def test_the_checkpoint_must_be_the_configured_kind(resume_inputs, tmp_path):
     with pytest.raises(SettingError, match=r"^student.arch: colbert, but the checkpoint .* is a dpr student$"):
         resume._train(resume_inputs, tmp_path, arch="colbert")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(SettingError, match=r"^resources.train.gpu: 2 data-parallel processes train ColBERT"):
-        resume._train(resume_inputs, tmp_path, batch_size=2)
+
+
+def _gradients(path, groups, micro_batch=None):
+    kind = dpr.DPRKind(path)
+    model = kind.load(path, query_maxlen=16, doc_maxlen=32).eval()
+    loss_fn = PairDistillLoss(lambda_kd=1.0, lambda_pair=3.0, temperature=1.0, use_labels=True)
+    parts = training.batch_gradients(model, _batch(model, groups), loss_fn, contrastive_negatives="mined",
+                                     in_batch_negatives=True, micro_batch=micro_batch, kind=kind)
+    return ({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
+            {k: float(v) for k, v in parts.items()})
+
+
+def _worker(rank: int, world: int, port: int, path: str, out: str, micro_batch):
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        share = _groups(mined=2)[rank * 4:(rank + 1) * 4]
+        grads, parts = _gradients(path, share, micro_batch)
+        torch.save({"grads": grads, "parts": parts}, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_give_one_process_gradients(separate, tmp_path):
+    """Each process embeds its 4 queries (in micro-batches of 2), the vectors of both are gathered,
+    and the summed gradients are one process's over all 8 (in-batch and mined negatives)."""
+    import torch.multiprocessing as mp
+
+    from test_train_scale import _free_port
+
+    mp.spawn(_worker, args=(2, _free_port(), separate, str(tmp_path), 2), nprocs=2, join=True)
+    one, parts = _gradients(separate, _groups(mined=2))
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        assert_same_gradients(got["grads"], one)
+        assert got["parts"] == pytest.approx(parts, abs=1e-5)
 
 
 def _corpus(n=40, seed=5):
@@ -301,15 +329,13 @@ def test_bad_settings_are_one_line_naming_the_key(student_cfg, index_cfg, line):
     assert str(exc.value).startswith(line) and "\n" not in str(exc.value)
 
 
-def test_defaults_and_processes():
+def test_defaults():
     config = {"student": {"arch": "dpr", "query_maxlen": 32, "doc_maxlen": 128}, "index": {}}
     assert students.check_config(config) == "dpr"
     assert DPRSettings.from_config(config["student"]) == DPRSettings(True, "mean", "cosine", 20.0, 32, 128)
     assert DPRSettings.from_config({**config["student"], "dpr": {"score": "dot"}}).scale == 1.0
     assert students.index_settings({}) == {"type": "flat", "nlist": 1024, "nprobe": 32}
-    assert students.check_config({"student": {"query_maxlen": 32}, "index": {}}, train_processes=4) == "colbert"
-    with pytest.raises(SettingError, match="^resources.train.gpu: 2 data-parallel processes train ColBERT students"):
-        students.check_config(config, train_processes=2)
+    assert students.check_config({"student": {"query_maxlen": 32}, "index": {"dpr": {"type": "bad"}}}) == "colbert"
 
 
 def test_an_index_of_the_other_kind_is_one_line(shared, tmp_path):

@@ -412,15 +412,17 @@ def _gather_batch(Q: torch.Tensor, D: torch.Tensor, D_mask: torch.Tensor, batch:
     import torch.distributed as dist
     import torch.nn.functional as F
 
-    mine = {"b": batch.size, "n": int(D.shape[0]), "Ld": int(D.shape[1]), "teacher": batch.teacher.cpu(),
+    # passage "tokens": a ColBERT passage's token rows (its mask (n, Ld, 1)), a DPR passage's one vector (n, 1)
+    D_mask = D_mask.reshape(D_mask.shape[0], -1)
+    mine = {"b": batch.size, "n": int(D.shape[0]), "Ld": int(D_mask.shape[1]), "teacher": batch.teacher.cpu(),
             "pair_index": batch.pair_index.cpu(), "teacher_prob": batch.teacher_prob.cpu(),
             "positive_index": None if batch.positive_index is None else batch.positive_index.cpu(),
             "extra_owner": batch.extra_owner.cpu()}
     shares = [None] * world
     dist.all_gather_object(shares, mine)
     Ld = max(s["Ld"] for s in shares)
-    D = F.pad(D, (0, 0, 0, Ld - D.shape[1]))
-    D_mask = D_mask.reshape(D_mask.shape[0], -1)
+    if D.dim() == 3:  # token matrices: padded to the longest passage of any process
+        D = F.pad(D, (0, 0, 0, Ld - D.shape[1]))
     D_mask = torch.cat([D_mask, D_mask.new_zeros((D_mask.shape[0], Ld - D_mask.shape[1]))], dim=1)
     Qs = _gather_rows(Q, [s["b"] for s in shares])
     Ds = _gather_rows(D, [s["n"] for s in shares])
@@ -753,9 +755,6 @@ def train(checkpoint_in: str, checkpoint_out: str | Path, loss_out: str | Path, 
     kind = student_kind(checkpoint_in)
     if arch is not None and kind.arch != arch:
         raise SettingError(f"student.arch: {arch}, but the checkpoint {checkpoint_in} is a {kind.arch} student")
-    if world > 1 and kind.arch != "colbert":
-        raise SettingError(f"resources.train.gpu: {world} data-parallel processes train ColBERT students only so far; "
-                           f"a {kind.arch} student trains in one process")
 
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda and world > 1 else runtime.device()

@@ -109,16 +109,12 @@ def index_settings(index: dict) -> dict:
     return s
 
 
-def check_config(config: dict, train_processes: int = 1) -> str:
-    """The start-up checks of ``student.arch`` and its settings; returns the arch. A setting that
-    does not apply to the arch yet is one line naming its key."""
+def check_config(config: dict) -> str:
+    """The start-up checks of ``student.arch`` and its settings (one line naming the key); returns the arch."""
     arch = config["student"].get("arch", "colbert")
     if arch not in ARCHES:
         raise SettingError(f"student.arch: {arch!r} is not one of {', '.join(ARCHES)}")
     if arch == "dpr":
         DPRSettings.from_config(config["student"])
         index_settings(config["index"])
-        if train_processes > 1:
-            raise SettingError(f"resources.train.gpu: {train_processes} data-parallel processes train ColBERT "
-                               "students only so far; a DPR student (student.arch dpr) trains in one process")
     return arch
