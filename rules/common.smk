@@ -160,8 +160,9 @@ def teacher_fitted(kind):
 
 
 FIT_METHODS = {"pointwise": ("cross-encoder", "fusion"), "pairwise": ("bert-pairwise", "fusion-pairwise")}
-FAMILIES = {"pointwise": ("auto", "cross-encoder", "monot5", "fusion"),
-            "pairwise": ("auto", "bert-pairwise", "duot5", "fusion-pairwise")}
+FAMILIES = {"pointwise": ("auto", "cross-encoder", "monot5", "fusion", "instruct-pointwise"),
+            "pairwise": ("auto", "bert-pairwise", "duot5", "fusion-pairwise", "instruct-pairwise")}
+INSTRUCT = {"pointwise": "instruct-pointwise", "pairwise": "instruct-pairwise"}  # prompted LMs (flan-t5-xl)
 FUSION_DEFAULTS = {"heldout": 0.25, "candidates": 100, "scale": 20.0, "depth": 30}
 PLAIN_FUSION = "results/teachers/plain_fusion/model"
 
@@ -201,6 +202,45 @@ def check_teachers():
     if pw["model"] == FIT and fit_method("pairwise") == "fusion-pairwise" and not fusion_fitted():
         raise WorkflowError("teachers.pairwise.fit.method: fusion-pairwise builds on the fusion pointwise teacher; "
                             "set teachers.pointwise.model: fit and teachers.pointwise.fit.method: fusion")
+    from pairdistill.errors import SettingError
+
+    for kind in ("pointwise", "pairwise"):
+        if instructed(kind) and teacher_fitted(kind):
+            raise WorkflowError(f"teachers.{kind}.family: {INSTRUCT[kind]} prompts a language model; set "
+                                f"teachers.{kind}.model to a local path or a cached hub id (e.g. google/flan-t5-xl), not fit")
+        if instructed(kind):
+            try:
+                instruct_settings(kind)
+            except SettingError as exc:  # a template without its fields, a bad label list: names the key
+                raise WorkflowError(str(exc)) from None
+
+
+def instructed(kind):
+    return config["teachers"][kind]["family"] == INSTRUCT[kind]
+
+
+def instruct_settings(kind):
+    """An instruction teacher's prompt and label words, defaults filled in and checked."""
+    from pairdistill.teachers.instruct import settings
+
+    t = config["teachers"][kind]
+    return settings(kind, t.get("prompt"), t.get("labels"))
+
+
+def instruct_args(kind):
+    """instruct_flags' text for a rule whose kind is a wildcard: shell-quoted, or nothing."""
+    import shlex
+
+    if not instructed(kind):
+        return ""
+    own = instruct_settings(kind)
+    return shlex.join(["--prompt", own["prompt"], "--labels", *own["labels"]])
+
+
+def instruct_flags(kind):
+    """The scoring command's --prompt and --labels for an instruction teacher (from its params.t), else
+    nothing: the other teachers' commands and params stay as they were, so none of their jobs reruns."""
+    return " --prompt {params.t[prompt]:q} --labels {params.t[labels]:q}" if instructed(kind) else ""
 
 
 check_teachers()
@@ -325,7 +365,10 @@ def teacher_input(kind):
 def teacher_settings(kind, *keys):
     """The teacher settings a job's results depend on, as its params: a change reruns it."""
     defaults = {"precision": "fp32"}
-    return {k: config["teachers"][kind].get(k, defaults.get(k)) for k in keys}
+    out = {k: config["teachers"][kind].get(k, defaults.get(k)) for k in keys}
+    if instructed(kind):  # its prompt and label words: a changed prompt rescores
+        out.update(instruct_settings(kind))
+    return out
 
 
 def speed_settings(kind):

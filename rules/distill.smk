@@ -31,7 +31,7 @@ rule pointwise:
         " --family {params.t[family]} --max-length {params.t[max_length]} --batch-size {resources.batch_size}"
         " --precision {params.t[precision]}"
         " --add-positives {params.t[add_positives]} --part-rows {resources.part_rows} --cache {input.cache:q}"
-        " > {log} 2>&1"
+        + instruct_flags("pointwise") + " > {log} 2>&1"
 
 
 rule sample_pairs:
@@ -80,7 +80,7 @@ rule pairwise:
         " --out {output:q} --model {params.model:q} --family {params.t[family]}"
         " --max-length {params.t[max_length]} --batch-size {resources.batch_size} --precision {params.t[precision]}"
         " --both-orders {params.t[both_orders]} --part-rows {resources.part_rows} --cache {input.cache:q}"
-        " > {log} 2>&1"
+        + instruct_flags("pairwise") + " > {log} 2>&1"
 
 
 rule gather:

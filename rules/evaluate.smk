@@ -82,6 +82,7 @@ rule rerank_teacher:
         model=lambda w: teacher_model(w.kind),
         t=lambda w: teacher_settings(w.kind, "family", "max_length", "batch_size", "precision"),
         eval_set=f"{config['dataset']}/{EVAL_SPLITS[0]}",
+        **({"own": lambda w: instruct_args(w.kind)} if instructed("pointwise") or instructed("pairwise") else {}),
     log:
         "logs/rerank_teacher/{kind}.log",
     benchmark:
@@ -95,7 +96,8 @@ rule rerank_teacher:
         " --depth {params.depth} --measures {params.measures:q} --model {params.model:q}"
         " --family {params.t[family]} --max-length {params.t[max_length]} --batch-size {params.t[batch_size]}"
         " --precision {params.t[precision]}"
-        " --eval-set {params.eval_set:q} > {log} 2>&1"
+        " --eval-set {params.eval_set:q}"
+        + (" {params.own}" if instructed("pointwise") or instructed("pairwise") else "") + " > {log} 2>&1"
 
 
 rule summary:
@@ -188,7 +190,8 @@ rule pair_accuracy:
         " --metrics-out {output.metrics:q} --split {params.split} --depth {params.depth} --delta {params.delta}"
         " --model {params.model:q} --family {params.t[family]} --max-length {params.t[max_length]}"
         " --batch-size {params.t[batch_size]} --precision {params.t[precision]} --eval-set {params.eval_set:q}"
-        " --pointwise-system {params.point_system:q} --pairwise-system {params.pair_system:q} > {log} 2>&1"
+        " --pointwise-system {params.point_system:q} --pairwise-system {params.pair_system:q}"
+        + instruct_flags("pairwise") + " > {log} 2>&1"
 
 
 rule corpus_baselines:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import CAUSAL_LABELS, CAUSAL_PROMPTS
 
-from pairdistill import io, stages, teachers
+from pairdistill import cli, io, stages, teachers
 from pairdistill.errors import SettingError
 from pairdistill.teachers.instruct import DEFAULT_PROMPT
 
@@ -236,3 +236,38 @@ def test_identity_follows_prompt_labels_and_family(tiny_flan_t5_dir):
     # the other families' identities are as before the instruction teachers existed
     assert set(ident("monot5")) == {"kind", "family", "max_length", "fingerprint"}
 
+
+# ---------------------------------------------------------------------------------- CLI
+
+def test_pointwise_stage_through_the_cli_writes_its_parquet(tiny_causal_lm_dir, tmp_path, capsys):
+    """`python -m pairdistill pointwise` with a decoder-only instruction teacher, its prompt and label
+    words given as flags, scores a top-k into a valid pointwise table recording the prompt."""
+    corpus = pd.DataFrame({"doc_id": [f"d{i}" for i in range(len(DOCS))], "title": "", "text": DOCS})
+    io.write_table(corpus, "corpus", tmp_path / "corpus.parquet")
+    io.write_table(pd.DataFrame({"split": "train", "query_id": ["q0", "q1"], "text": QUERIES[:2]}), "queries",
+                   tmp_path / "queries.parquet")
+    io.write_table(pd.DataFrame({"split": "train", "query_id": ["q0"], "doc_id": ["d0"], "relevance": [1]}),
+                   "qrels", tmp_path / "qrels.parquet")
+    topk = pd.DataFrame({"query_id": ["q0"] * 3 + ["q1"] * 3, "doc_id": ["d1", "d2", "d3", "d1", "d4", "d0"],
+                         "rank": [1, 2, 3] * 2, "score": [3.0, 2.0, 1.0] * 2})
+    io.write_table(topk.astype({"rank": "int32", "score": "float32"}), "run", tmp_path / "topk.parquet")
+    argv = ["pointwise", "--topk", str(tmp_path / "topk.parquet"), "--corpus", str(tmp_path / "corpus.parquet"),
+            "--queries", str(tmp_path / "queries.parquet"), "--qrels", str(tmp_path / "qrels.parquet"),
+            "--out", str(tmp_path / "pointwise.parquet"), "--split", "train", "--model", tiny_causal_lm_dir,
+            "--family", "instruct-pointwise", "--max-length", "64", "--batch-size", "4",
+            "--prompt", CAUSAL_PROMPTS["pointwise"], "--labels", *CAUSAL_LABELS["pointwise"]]
+    assert cli.main(argv) == 0
+    rows = io.read_table(tmp_path / "pointwise.parquet", "pointwise")
+    assert len(rows) == 7  # the top-k and the positive d0 of q0
+    assert rows["teacher_score"].notna().all() and (rows["teacher_score"] < 0).all()
+    teacher = json.loads(io.read_metadata(tmp_path / "pointwise.parquet")["teacher"])
+    assert teacher["family"] == "instruct-pointwise" and teacher["prompt"] == CAUSAL_PROMPTS["pointwise"]
+    scorer = teachers.load_pointwise(tiny_causal_lm_dir, "instruct-pointwise", max_length=64, device="cpu",
+                                     prompt=CAUSAL_PROMPTS["pointwise"], labels=list(CAUSAL_LABELS["pointwise"]))
+    r = rows.set_index(["query_id", "doc_id"]).loc[("q1", "d4")]
+    assert float(r["teacher_score"]) == pytest.approx(float(scorer.score([QUERIES[1]], [DOCS[4]])[0]), abs=1e-5)
+
+    capsys.readouterr()
+    assert cli.main([*argv[:-3], "--labels", " Perhaps", " No"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: teachers.pointwise.labels: ' Perhaps' is not one token")

@@ -58,6 +58,12 @@ def _teacher_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
                    help="the teacher's dtype when scoring; auto: bf16 on a GPU that has it (fusion: always fp32)")
+    p.add_argument("--prompt", default=None,
+                   help="instruct-* families: the prompt template, with {query} and {passage} (pairwise: {query}, "
+                        "{passage_a}, {passage_b}); default: the paper's")
+    p.add_argument("--labels", nargs=2, default=None, metavar=("FIRST", "SECOND"),
+                   help="instruct-* families: the label words, each one token (pointwise: relevant, not; "
+                        "pairwise: passage A, passage B); default: Yes No / A B")
 
 
 def _scoring_args(p: argparse.ArgumentParser) -> None:
@@ -410,14 +416,15 @@ def run(a: argparse.Namespace):
         return stages.pointwise(a.topk, a.corpus, a.queries, a.qrels, a.out, split=a.split, model=a.model,
                                 family=a.family, max_length=a.max_length, batch_size=a.batch_size,
                                 add_positives=a.add_positives, cache=a.cache, part_rows=a.part_rows,
-                                precision=a.precision)
+                                precision=a.precision, prompt=a.prompt, labels=a.labels)
     if s == "sample-pairs":
         return stages.sample_pairs(a.pointwise, a.out, delta=a.delta, pairs_per_query=a.pairs_per_query,
                                    seed=a.seed, iteration=a.iteration)
     if s == "pairwise":
         return stages.pairwise(a.pairs, a.corpus, a.queries, a.out, model=a.model, family=a.family,
                                max_length=a.max_length, batch_size=a.batch_size, both_orders=a.both_orders,
-                               cache=a.cache, part_rows=a.part_rows, precision=a.precision)
+                               cache=a.cache, part_rows=a.part_rows, precision=a.precision, prompt=a.prompt,
+                               labels=a.labels)
     if s == "gather":
         return stages.gather(a.shards, a.schema, a.out)
     if s == "train":
@@ -444,14 +451,16 @@ def run(a: argparse.Namespace):
         extra = {"system": a.system} if s == "rerank-pointwise" and a.system else {}
         return fn(a.run, a.corpus, a.queries, a.qrels, a.out_dir, split=a.split, depth=a.depth,
                   measures=a.measures, model=a.model, family=a.family, max_length=a.max_length,
-                  batch_size=a.batch_size, eval_set=a.eval_set, precision=a.precision, **extra)
+                  batch_size=a.batch_size, eval_set=a.eval_set, precision=a.precision, prompt=a.prompt,
+                  labels=a.labels, **extra)
     if s == "pair-accuracy":
         return stages.pair_accuracy(a.student_run, a.pointwise_run, a.qrels, a.queries, a.corpus, a.out, a.metrics_out,
                                     split=a.split, depth=a.depth, delta=a.delta, pairwise_model=a.model,
                                     pairwise_family=a.family, pairwise_max_length=a.max_length,
                                     batch_size=a.batch_size, eval_set=a.eval_set,
                                     pointwise_system=a.pointwise_system, pairwise_system=a.pairwise_system,
-                                    pairwise_precision=a.precision)
+                                    pairwise_precision=a.precision, pairwise_prompt=a.prompt,
+                                    pairwise_labels=a.labels)
     if s == "corpus-baselines":
         return stages.corpus_baselines(a.teacher, a.queries, a.qrels, a.out_dir, split=a.split, k=a.k,
                                        measures=a.measures, eval_set=a.eval_set)

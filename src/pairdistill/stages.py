@@ -294,17 +294,19 @@ def _reuse_or_score(rows: pd.DataFrame, hits: pd.DataFrame, keys: list[str], sta
 def pointwise(topk_path: str, corpus_path: str, queries_path: str, qrels_path: str, out: str, *,
               split: str, model: str, family: str, max_length: int, batch_size: int,
               add_positives: bool = True, cache: Sequence[str] = (), part_rows: int = 4096,
-              precision: str = "fp32") -> pd.DataFrame:
+              precision: str = "fp32", prompt: str | None = None, labels: Sequence[str] | None = None) -> pd.DataFrame:
     """Score every retrieved (query, passage) with the pointwise teacher; with ``add_positives`` the
     labelled positives of the retrieved queries are scored too (retriever columns null for those
     not retrieved), since training puts a positive in every group.
 
     A (query, passage) found in a ``cache`` file (an earlier iteration's output for the same
     shard) scored by the same teacher is reused. The rest is scored in resumable parts. Reads only
-    the shard's queries, qrels and passages."""
+    the shard's queries, qrels and passages. ``prompt`` and ``labels``: an instruction teacher's
+    (:mod:`pairdistill.teachers.instruct`)."""
     from . import teachers
 
-    identity = teachers.identity(model, family, "pointwise", max_length, precision)  # a missing model fails here
+    own = {"prompt": prompt, "labels": labels}
+    identity = teachers.identity(model, family, "pointwise", max_length, precision, **own)  # a missing model fails here
     topk = io.read_table(topk_path, "run")
     query_ids = sorted(set(topk["query_id"]))
     rows = topk.rename(columns={"rank": "retriever_rank", "score": "retriever_score"})
@@ -321,7 +323,7 @@ def pointwise(topk_path: str, corpus_path: str, queries_path: str, qrels_path: s
 
     def make_score(todo: pd.DataFrame) -> Callable:
         scorer = teachers.load_pointwise(model, family, max_length=max_length, batch_size=batch_size,
-                                         precision=precision)
+                                         precision=precision, **own)
         queries = _query_texts(queries_path, todo["query_id"].unique())
         corpus = _passages(corpus_path, todo["doc_id"].unique())
         _log(f"pointwise teacher {scorer.path} ({scorer.family}) on {len(todo)} pairs")
@@ -368,7 +370,8 @@ def _cached_pairs(paths: Sequence[str], identity: str, query_ids, both_orders: b
 
 def pairwise(pairs_path: str, corpus_path: str, queries_path: str, out: str, *, model: str, family: str,
              max_length: int, batch_size: int, both_orders: bool, cache: Sequence[str] = (),
-             part_rows: int = 4096, precision: str = "fp32") -> pd.DataFrame:
+             part_rows: int = 4096, precision: str = "fp32", prompt: str | None = None,
+             labels: Sequence[str] | None = None) -> pd.DataFrame:
     """P(doc_a > doc_b | q) for every sampled pair; with ``both_orders`` also P(doc_b > doc_a), and
     ``prob`` is their symmetrised mean (p_ab + 1 - p_ba) / 2, which cancels position bias.
 
@@ -376,14 +379,15 @@ def pairwise(pairs_path: str, corpus_path: str, queries_path: str, out: str, *, 
     resumable parts."""
     from . import teachers
 
-    identity = teachers.identity(model, family, "pairwise", max_length, precision)
+    own = {"prompt": prompt, "labels": labels}  # an instruction teacher's (teachers.instruct)
+    identity = teachers.identity(model, family, "pairwise", max_length, precision, **own)
     sampled = io.read_table(pairs_path, "pairs")
     query_ids = sorted(set(sampled["query_id"]))
     keys = ["query_id", "doc_a", "doc_b"]
 
     def make_score(todo: pd.DataFrame) -> Callable:
         scorer = teachers.load_pairwise(model, family, max_length=max_length, batch_size=batch_size,
-                                        precision=precision)
+                                        precision=precision, **own)
         queries = _query_texts(queries_path, todo["query_id"].unique())
         corpus = _passages(corpus_path, pd.concat([todo["doc_a"], todo["doc_b"]]).unique())
         _log(f"pairwise teacher {scorer.path} ({scorer.family}) on {len(todo)} pairs"
@@ -608,7 +612,8 @@ def evaluate_qa(checkpoint: str, index_dir: str, corpus_path: str, queries_path:
 def rerank_pointwise(run_path: str, corpus_path: str, queries_path: str, qrels_path: str, out_dir: str, *,
                      split: str, depth: int, measures: Sequence[str], model: str, family: str, max_length: int,
                      batch_size: int, eval_set: str, system: str | None = None,
-                     precision: str = "fp32") -> pd.DataFrame:
+                     precision: str = "fp32", prompt: str | None = None,
+                     labels: Sequence[str] | None = None) -> pd.DataFrame:
     """The pointwise teacher as a reranker of the top-``depth`` of a run (e.g. iteration 0's)."""
     from . import teachers
 
@@ -617,7 +622,7 @@ def rerank_pointwise(run_path: str, corpus_path: str, queries_path: str, qrels_p
     head = run[run["rank"] <= depth]
     corpus = _passages(corpus_path, head["doc_id"].unique())
     scorer = teachers.load_pointwise(model, family, max_length=max_length, batch_size=batch_size,
-                                     precision=precision)
+                                     precision=precision, prompt=prompt, labels=labels)
     scores = pd.Series(scorer.score([queries[q] for q in head["query_id"]], [corpus[d] for d in head["doc_id"]],
                                     progress_label="rerank-pointwise"), index=head.index)
     reranked = evaluate.rerank_top(run, scores, depth)
@@ -628,7 +633,8 @@ def rerank_pointwise(run_path: str, corpus_path: str, queries_path: str, qrels_p
 
 def rerank_pairwise(run_path: str, corpus_path: str, queries_path: str, qrels_path: str, out_dir: str, *,
                     split: str, depth: int, measures: Sequence[str], model: str, family: str, max_length: int,
-                    batch_size: int, eval_set: str, precision: str = "fp32") -> pd.DataFrame:
+                    batch_size: int, eval_set: str, precision: str = "fp32", prompt: str | None = None,
+                    labels: Sequence[str] | None = None) -> pd.DataFrame:
     """The pairwise teacher as a reranker: every ordered pair of a run's top-``depth`` (e.g. the
     pointwise teacher's), aggregated with duoT5's sym-sum."""
     from . import teachers
@@ -641,7 +647,7 @@ def rerank_pairwise(run_path: str, corpus_path: str, queries_path: str, qrels_pa
     ordered = ordered[ordered["doc_id_a"] != ordered["doc_id_b"]].rename(
         columns={"doc_id_a": "doc_a", "doc_id_b": "doc_b"}).reset_index(drop=True)
     scorer = teachers.load_pairwise(model, family, max_length=max_length, batch_size=batch_size,
-                                    precision=precision)
+                                    precision=precision, prompt=prompt, labels=labels)
     ordered["p_ab"] = scorer.prob([queries[q] for q in ordered["query_id"]], [corpus[d] for d in ordered["doc_a"]],
                                   [corpus[d] for d in ordered["doc_b"]], progress_label="rerank-pairwise")
     agg = evaluate.sym_sum(ordered)
@@ -668,7 +674,8 @@ def pair_accuracy(student_run_path: str, pointwise_run_path: str, qrels_path: st
                   corpus_path: str, out: str, metrics_out: str, *, split: str, depth: int, delta: int,
                   pairwise_model: str, pairwise_family: str, pairwise_max_length: int, batch_size: int,
                   eval_set: str, pointwise_system: str, pairwise_system: str,
-                  pairwise_precision: str = "fp32") -> pd.DataFrame:
+                  pairwise_precision: str = "fp32", pairwise_prompt: str | None = None,
+                  pairwise_labels: Sequence[str] | None = None) -> pd.DataFrame:
     """Pair accuracy (the paper's Table 5) of the student, the pointwise and the pairwise teacher
     on the same judged pairs: in the pointwise teacher's reranked top-``depth`` of the student's
     run, every (relevant, non-relevant) pair less than ``delta`` ranks apart, as pair sampling
@@ -691,7 +698,8 @@ def pair_accuracy(student_run_path: str, pointwise_run_path: str, qrels_path: st
     pairs_df = pd.DataFrame(rows, columns=["query_id", "doc_rel", "doc_non", "rank_rel", "rank_non"])
     corpus = _passages(corpus_path, pd.concat([pairs_df["doc_rel"], pairs_df["doc_non"]]).unique())
     scorer = teachers.load_pairwise(pairwise_model, pairwise_family, max_length=pairwise_max_length,
-                                    batch_size=batch_size, precision=pairwise_precision)
+                                    batch_size=batch_size, precision=pairwise_precision, prompt=pairwise_prompt,
+                                    labels=pairwise_labels)
     q = [queries[x] for x in pairs_df["query_id"]]
     a, b = [corpus[x] for x in pairs_df["doc_rel"]], [corpus[x] for x in pairs_df["doc_non"]]
     probs = scorer.prob(q + q, a + b, b + a, progress_label="pair-accuracy") if len(q) else np.zeros(0)
