@@ -353,6 +353,8 @@ def prepare(
     format: str = "beir",
     files: dict | None = None,
     batch_rows: int = 100_000,
+    query_splits: dict | None = None,
+    seed: int = 0,
 ) -> dict:
     """Validate the collection, then write the corpus, queries and qrels artifacts; returns stats.
 
@@ -360,14 +362,31 @@ def prepare(
     "msmarco" reads the passage-ranking TSV files named in ``files`` and streams the collection
     to the corpus artifact in row groups of ``batch_rows`` (see :func:`pairdistill.msmarco.prepare`).
     Stats: documents, skipped_empty, and per split queries, labelled, qrels, qrels_dropped_empty.
+
+    ``query_splits`` (config ``query_splits``, :mod:`pairdistill.query_splits`): derived splits,
+    partitions of a collection's split seeded by ``seed``; ``splits`` may name them. Their sources
+    are read, cut, and left out of the artifacts unless requested themselves (``stats["derived"]``).
     """
+    from pairdistill import query_splits as derived
+
     _check_format(format, files)
+    spec = derived.check(query_splits)
+    requested = _split_list(splits)
+    loaded = derived.loaded_splits(requested, spec) if spec else requested
     if format == "msmarco":
         from pairdistill import msmarco  # imported here: msmarco builds on this module
 
-        return msmarco.prepare(data_dir, dataset, splits, out_corpus, out_queries, out_qrels,
-                               files=files, batch_rows=batch_rows)
-    corpus, queries, qrels, stats = load_beir(data_dir, dataset, splits)
+        stats = msmarco.prepare(data_dir, dataset, loaded, out_corpus, out_queries, out_qrels,
+                                files=files, batch_rows=batch_rows)
+        if spec:  # the collection is streamed to disk; its queries and qrels are cut from the files
+            queries, qrels, stats["derived"] = derived.derive(io.read_table(out_queries, "queries"),
+                                                              io.read_table(out_qrels, "qrels"), requested, spec, seed)
+            io.write_table(queries, "queries", out_queries)
+            io.write_table(qrels, "qrels", out_qrels)
+        return stats
+    corpus, queries, qrels, stats = load_beir(data_dir, dataset, loaded)
+    if spec:
+        queries, qrels, stats["derived"] = derived.derive(queries, qrels, requested, spec, seed)
     # cast all three before writing any, so a schema mismatch cannot leave a partial set behind
     for frame, name in ((corpus, "corpus"), (queries, "queries"), (qrels, "qrels")):
         io.to_table(frame, name)
