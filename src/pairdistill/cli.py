@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("beir", "msmarco"), default="beir")
     p.add_argument("--files", type=json.loads, default=None,
                    help='msmarco: JSON {"collection": ..., "queries": {split: ...}, "qrels": {split: ...}}')
+    p.add_argument("--query-splits", type=json.loads, default=None,
+                   help='derived splits, JSON {"adapt": {"from": "test", "share": 0.5}, "heldout": '
+                        '{"from": "test", "rest_of": ["adapt"]}}; --splits may name them')
+    p.add_argument("--seed", type=int, default=0, help="the derived splits' partition seed")
 
     p = sub.add_parser("prepare-lotte", help="a LoTTE topic (collection, questions, qas) -> Parquet")
     p.add_argument("--root", required=True, help="the LoTTE release: <root>/<topic>/<split>/")
@@ -316,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", type=int, required=True)
     _teacher_args(p)
 
+    p = sub.add_parser("rebase-fusion", help="a fitted fusion teacher re-based on another corpus (BM25 statistics "
+                                            "and corpus embeddings recomputed, fitted weights kept)")
+    p.add_argument("--teacher", required=True, help="the fitted fusion teacher directory (fusion or fusion-pairwise)")
+    p.add_argument("--corpus", required=True, help="the new corpus (corpus.parquet)")
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("corpus-baselines", help="BM25, bi-encoder and fused teacher over the whole corpus")
     for name in ("--teacher", "--queries", "--qrels", "--out-dir", "--split", "--eval-set"):
         p.add_argument(name, required=True)
@@ -374,7 +384,8 @@ def run(a: argparse.Namespace):
 
     s = a.stage
     if s == "prepare":
-        return stages.prepare(a.data_dir, a.dataset, a.splits, a.out_dir, format=a.format, files=a.files)
+        return stages.prepare(a.data_dir, a.dataset, a.splits, a.out_dir, format=a.format, files=a.files,
+                              query_splits=a.query_splits, seed=a.seed)
     if s == "prepare-lotte":
         return stages.prepare_lotte(a.root, a.topic, a.split, a.query_sets, a.out_dir)
     if s == "prepare-qa-passages":
@@ -461,6 +472,8 @@ def run(a: argparse.Namespace):
                                     pointwise_system=a.pointwise_system, pairwise_system=a.pairwise_system,
                                     pairwise_precision=a.precision, pairwise_prompt=a.prompt,
                                     pairwise_labels=a.labels)
+    if s == "rebase-fusion":
+        return stages.rebase_fusion_teacher(a.teacher, a.corpus, a.out)
     if s == "corpus-baselines":
         return stages.corpus_baselines(a.teacher, a.queries, a.qrels, a.out_dir, split=a.split, k=a.k,
                                        measures=a.measures, eval_set=a.eval_set)

@@ -564,6 +564,65 @@ def fit_fusion(corpus: pd.DataFrame, texts: Sequence[str], queries: dict[str, st
             "plain_bm25_weight": w_bm25, "heldout_ndcg10": held_report}
 
 
+def rebase_fusion(src_dir: str | Path, corpus: pd.DataFrame, texts: Sequence[str], out_dir: str | Path, *,
+                  work_dir: str | Path, log=print) -> dict:
+    """A fitted fusion teacher (``fusion`` or ``fusion-pairwise``) re-based on another corpus into
+    ``out_dir``.
+
+    A fusion teacher scores from statistics of the corpus it was fitted on: BM25's document
+    frequencies, lengths and vocabulary, each bi-encoder's corpus embeddings, and the per-query
+    mean and standard deviation of every feature over that corpus (its z-normalisation). A passage
+    of another corpus is scored with all of these (:meth:`Features._unseen`): a query word the
+    fitted corpus never saw adds nothing to BM25, a common word of the new corpus keeps the high
+    idf of a rare one, and each feature is standardised against the wrong population of passages,
+    which changes how the fitted weights mix the features. Re-basing recomputes what belongs to a
+    corpus, over ``texts`` (``corpus`` order): BM25's statistics and matrix (same k1, b and
+    tokeniser) and the corpus embeddings of every dense feature (its bi-encoder as fitted, its
+    document token budget); the z-normalisation then runs over the new corpus at scoring time.
+    What was fitted is kept as it is: the features, their weights (and a pairwise teacher's pair
+    weights), the fine-tuned bi-encoder. The metadata records the source and its fingerprint."""
+    src = Path(src_dir)
+    meta = json.loads((src / META_FILE).read_text()) if (src / META_FILE).is_file() else {}
+    if meta.get("family") not in (POINTWISE_FAMILY, PAIRWISE_FAMILY):
+        raise ValueError(f"{src}: not a fitted fusion teacher ({META_FILE} family {meta.get('family')!r})")
+    start = time.monotonic()
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    doc_ids = corpus["doc_id"].tolist()
+    pd.DataFrame({"doc_id": doc_ids, "text_hash": [text_hash(t) for t in texts]}).to_parquet(
+        work / "doc_ids.parquet", index=False)
+    files: dict[str, Path] = {"doc_ids.parquet": work / "doc_ids.parquet"}
+    stats: dict = {"documents": len(doc_ids)}
+    if "bm25" in meta["features"]:
+        bm25 = BM25.build(texts)
+        bm25.save(work)
+        files.update({n: work / n for n in ("bm25.npz", "bm25_vocab.json", "bm25_idf.npy", "bm25_stats.json")})
+        old_vocab = json.loads((src / "bm25_vocab.json").read_text())
+        new_terms = sum(1 for t in bm25.vocab if t not in old_vocab)
+        stats["bm25"] = {"terms": len(bm25.vocab), "terms_not_in_source": new_terms, "avgdl": bm25.avgdl}
+        log(f"rebase: BM25 over {len(texts)} passages ({len(bm25.vocab)} terms, {new_terms} of them unknown to "
+            f"the source corpus's {len(old_vocab)})")
+    for name in meta["features"]:
+        if not name.startswith("dense:"):
+            continue
+        spec = meta["dense"][name]
+        files[spec["model"]] = src / spec["model"]
+        enc = BiEncoder(str(src / spec["model"]), int(spec.get("doc_max_length", spec["query_max_length"])))
+        np.save(work / spec["embeddings"], enc.encode(texts, progress_label=f"embed corpus ({name})"))
+        files[spec["embeddings"]] = work / spec["embeddings"]
+    for extra in ("queries_split.json",):  # the source's fitting queries, kept for the record
+        if (src / extra).exists():
+            files[extra] = src / extra
+    stats["source"] = {"dir": str(src.resolve()), "fingerprint": runtime.model_fingerprint(str(src)),
+                       "documents": len(pd.read_parquet(src / "doc_ids.parquet", columns=["doc_id"]))}
+    out_meta = {**meta, "rebased": {**stats, "kept": "features, weights" + (", pair weights" if "pair_weights" in meta
+                                                                           else "") + ", bi-encoders",
+                                    "recomputed": "BM25 statistics, corpus embeddings, z-normalisation population"}}
+    _write_dir(Path(out_dir), out_meta, files)
+    stats["seconds"] = time.monotonic() - start
+    return stats
+
+
 def pair_features(za: np.ndarray, zb: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(n, 1 + 2F) antisymmetric pair features from the two passages' z-scores (n, F): the
     pointwise margin s_a - s_b, each feature's difference, and each feature's difference of

@@ -68,10 +68,13 @@ def sample_queries(query_ids: Sequence[str], max_queries: int | None, seed: int)
 # --------------------------------------------------------------------------------------------
 
 def prepare(data_dir: str, dataset: str, splits: Sequence[str], out_dir: str, *, format: str = "beir",
-            files: dict | None = None) -> dict:
+            files: dict | None = None, query_splits: dict | None = None, seed: int = 0) -> dict:
+    """The collection's corpus, queries and qrels; ``splits`` may name derived splits of
+    ``query_splits`` (:mod:`pairdistill.query_splits`, partitions seeded by ``seed``)."""
     out = Path(out_dir)
     stats = data.prepare(data_dir, dataset, list(splits), out / "corpus.parquet", out / "queries.parquet",
-                         out / "qrels.parquet", format=format, files=files or None)
+                         out / "qrels.parquet", format=format, files=files or None,
+                         query_splits=query_splits or None, seed=seed)
     _log(json.dumps(stats))
     return stats
 
@@ -241,6 +244,21 @@ def fit_fusion_teacher(kind: str, corpus_path: str, queries_path: str, qrels_pat
         # a closed-form fit, no training loop: the curve is its one step and final log loss
         curve = pd.DataFrame({"step": [1], "loss": [stats["log_loss"]], "lr": [0.0], "elapsed_s": [stats["seconds"]]})
         io.write_table(curve, "teacher_loss", loss_out)
+    _log(json.dumps(stats, default=float))
+    return stats
+
+
+def rebase_fusion_teacher(teacher: str, corpus_path: str, out: str) -> dict:
+    """A fitted fusion teacher of another run re-based on this run's corpus
+    (:func:`pairdistill.fusion.rebase_fusion`): BM25 statistics and corpus embeddings recomputed,
+    the fitted weights and bi-encoders kept."""
+    from . import fusion
+
+    corpus = io.read_table(corpus_path, "corpus")
+    texts = list(_texts(corpus).values())
+    work = Path(out).parent / f".{Path(out).name}.work"
+    stats = fusion.rebase_fusion(runtime.resolve_model(teacher), corpus, texts, out, work_dir=work, log=_log)
+    shutil.rmtree(work, ignore_errors=True)
     _log(json.dumps(stats, default=float))
     return stats
 
