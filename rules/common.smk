@@ -29,6 +29,31 @@ from pairdistill.errors import SettingError  # noqa: E402
 from pairdistill.loaders import lotte as lotte_loader  # noqa: E402
 from pairdistill.shards import shard_names  # noqa: E402
 
+def resolve_source_run():
+    """`{source_run}` in student.init and teachers.<kind>.model stands for config `source_run`, a
+    finished run's results directory (absolute, or relative to the working directory): a run that
+    starts from another run's retriever and teachers (configs/adapt-cranfield.yaml) names the run
+    once. The paths become absolute, so that they are checked at start-up like any model path."""
+    keys = [("student", "init"), ("teachers", "pointwise", "model"), ("teachers", "pairwise", "model")]
+    source = config.get("source_run")
+    root = os.path.abspath(os.path.expanduser(str(source))) if source else None
+    if root and not os.path.isdir(root):
+        raise WorkflowError(f"source_run: {source} is not a directory (a finished run's results directory)")
+    for key in keys:
+        node = config
+        for part in key[:-1]:
+            node = node[part]
+        value = node[key[-1]]
+        if "{source_run}" not in value:
+            continue
+        if root is None:
+            raise WorkflowError(f"{'.'.join(key)}: {value!r} names {{source_run}}, but source_run is not set "
+                                "(--config source_run=<a finished run's results directory>)")
+        node[key[-1]] = os.path.normpath(value.replace("{source_run}", root))
+
+
+resolve_source_run()
+
 ITERATION = int(config["iteration"])
 DATA_DIR = config.get("data_dir") or os.environ.get("PAIRDISTILL_DATA_DIR") or "../shared/datasets"
 FIT = "fit"  # teacher model setting: fit the embedded default's own teacher
@@ -38,6 +63,31 @@ THREADS = int(config["threads"])
 SHARDS = shard_names(int(config["shards"]))
 EVAL_SPLITS = [config["eval_split"]] if isinstance(config["eval_split"], str) else list(config["eval_split"])
 PREPARED_SPLITS = sorted({config["train_split"], *EVAL_SPLITS})
+
+
+def collection_splits():
+    """The collection's own split names where they can be known before any job (BEIR: its qrels
+    files; MS MARCO: its queries files)."""
+    if config["format"] == "msmarco":
+        return list((config.get("files") or {}).get("queries", {}))
+    qrels = Path(DATA_DIR) / config["dataset"] / "qrels"
+    return [p.stem for p in qrels.glob("*.tsv")] if qrels.is_dir() else []
+
+
+# Derived query splits (config query_splits; pairdistill.query_splits): partitions of a split of the
+# collection that train_split and eval_split may name. prepare reads their sources (LOADED_SPLITS).
+from pairdistill import query_splits as derived_splits  # noqa: E402
+
+try:
+    QUERY_SPLITS = derived_splits.check(config.get("query_splits"), collection_splits())
+except SettingError as exc:
+    raise WorkflowError(str(exc)) from None
+LOADED_SPLITS = derived_splits.loaded_splits(PREPARED_SPLITS, QUERY_SPLITS) if QUERY_SPLITS else PREPARED_SPLITS
+
+
+def source_split(split):
+    """The collection's split a (possibly derived) split's queries come from."""
+    return QUERY_SPLITS[split]["from"] if split in QUERY_SPLITS else split
 BEIR = config["beir_eval"]
 LOTTE, QA = config["lotte_eval"], config["qa_eval"]  # rules/zeroshot.smk; no topic, no dataset: no job
 # a sharded stage's shard files, and the schema of its gathered file
@@ -79,11 +129,11 @@ def check_inputs():
         if not os.path.isdir(dataset):
             raise WorkflowError(f"dataset directory {dataset} does not exist (config key: {key})")
     try:  # the loader's own checks of `format` and `files` (every split needs its queries file)
-        input_files(DATA_DIR, config["dataset"], config["format"], config.get("files"), PREPARED_SPLITS)
+        input_files(DATA_DIR, config["dataset"], config["format"], config.get("files"), LOADED_SPLITS)
     except ValueError as exc:
         raise WorkflowError(str(exc)) from None
     if config["format"] == "msmarco":
-        for split in EVAL_SPLITS:  # the loader allows unlabelled splits; evaluation needs qrels
+        for split in map(source_split, EVAL_SPLITS):  # the loader allows unlabelled splits; evaluation needs qrels
             if split not in config["files"].get("qrels", {}):
                 raise WorkflowError(f"evaluation split {split!r} has no qrels file (config key: files.qrels.{split})")
     models = {
@@ -159,6 +209,12 @@ def teacher_fitted(kind):
     return config["teachers"][kind]["model"] == FIT
 
 
+def rebased(kind):
+    """teachers.<kind>.rebase: the model path is another run's fitted fusion teacher, re-based on
+    this run's corpus by rule rebase_teacher into results/teachers/<kind>/model."""
+    return bool(config["teachers"][kind].get("rebase", False))
+
+
 FIT_METHODS = {"pointwise": ("cross-encoder", "fusion"), "pairwise": ("bert-pairwise", "fusion-pairwise")}
 FAMILIES = {"pointwise": ("auto", "cross-encoder", "monot5", "fusion", "instruct-pointwise"),
             "pairwise": ("auto", "bert-pairwise", "duot5", "fusion-pairwise", "instruct-pairwise")}
@@ -173,7 +229,7 @@ def fit_method(kind):
 
 def kinds_fitted_as(*methods):
     """A wildcard pattern of the teacher kinds whose `model: fit` is one of ``methods``."""
-    kinds = [k for k in ("pointwise", "pairwise") if fit_method(k) in methods]
+    kinds = [k for k in ("pointwise", "pairwise") if fit_method(k) in methods and not rebased(k)]
     return "|".join(kinds) if kinds else "(?!)"
 
 
@@ -205,6 +261,8 @@ def check_teachers():
     from pairdistill.errors import SettingError
 
     for kind in ("pointwise", "pairwise"):
+        if rebased(kind):
+            check_rebase(kind)
         if instructed(kind) and teacher_fitted(kind):
             raise WorkflowError(f"teachers.{kind}.family: {INSTRUCT[kind]} prompts a language model; set "
                                 f"teachers.{kind}.model to a local path or a cached hub id (e.g. google/flan-t5-xl), not fit")
@@ -213,6 +271,24 @@ def check_teachers():
                 instruct_settings(kind)
             except SettingError as exc:  # a template without its fields, a bad label list: names the key
                 raise WorkflowError(str(exc)) from None
+
+
+def check_rebase(kind):
+    """teachers.<kind>.rebase needs a fitted fusion teacher directory of the kind, given by path."""
+    t = config["teachers"][kind]
+    key = f"teachers.{kind}.rebase"
+    if t["model"] == FIT:
+        raise WorkflowError(f"{key}: re-bases a fitted fusion teacher of another run given by path "
+                            f"(teachers.{kind}.model); model: fit is fitted on this run's corpus already")
+    meta_file = Path(os.path.expanduser(t["model"])) / "pairdistill_teacher.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    family = {"pointwise": "fusion", "pairwise": "fusion-pairwise"}[kind]
+    if meta.get("family") != family:
+        found = f"family {meta.get('family')!r}" if meta else "no pairdistill_teacher.json"
+        raise WorkflowError(f"{key}: {t['model']} is not a fitted {family} teacher directory ({found})")
+    if t["family"] not in ("auto", family):
+        raise WorkflowError(f"{key}: a re-based teacher is a {family} teacher; teachers.{kind}.family is "
+                            f"{t['family']!r} (set auto or {family})")
 
 
 def instructed(kind):
@@ -353,13 +429,14 @@ def student_flags(step):
 
 
 def teacher_model(kind):
-    """What the scoring job loads: the fitted teacher's directory, or the configured model."""
-    return f"results/teachers/{kind}/model" if teacher_fitted(kind) else config["teachers"][kind]["model"]
+    """What the scoring job loads: the fitted (or re-based) teacher's directory, or the configured model."""
+    own = teacher_fitted(kind) or rebased(kind)
+    return f"results/teachers/{kind}/model" if own else config["teachers"][kind]["model"]
 
 
 def teacher_input(kind):
-    """The fitted teacher is a DAG input; a hub id or external path is a parameter only."""
-    return [f"results/teachers/{kind}/model"] if teacher_fitted(kind) else []
+    """The fitted (or re-based) teacher is a DAG input; a hub id or external path is a parameter only."""
+    return [f"results/teachers/{kind}/model"] if teacher_fitted(kind) or rebased(kind) else []
 
 
 def teacher_settings(kind, *keys):
@@ -418,6 +495,8 @@ def metric_files():
         files += ["results/teachers/pair_accuracy/metrics.parquet"]
         if fusion_fitted():
             files += ["results/teachers/plain_fusion/rerank/metrics.parquet", "results/baselines/metrics.parquet"]
+        elif rebased("pointwise"):  # BM25, bi-encoder and teacher over this corpus (no plain fusion here)
+            files += ["results/baselines/metrics.parquet"]
     return files
 
 

@@ -3,8 +3,9 @@
 
 
 rule prepare:
+    """The collection as Parquet; with query_splits, the derived splits cut (seeded) from their sources."""
     input:
-        input_files(DATA_DIR, config["dataset"], config["format"], config.get("files"), PREPARED_SPLITS),
+        input_files(DATA_DIR, config["dataset"], config["format"], config.get("files"), LOADED_SPLITS),
     output:
         corpus=CORPUS,
         queries=QUERIES,
@@ -15,6 +16,8 @@ rule prepare:
         splits=PREPARED_SPLITS,
         format=config["format"],
         files=json.dumps(config.get("files") or None),
+        # only with derived splits, so that a run without them keeps its params and command
+        **({"derived": json.dumps(QUERY_SPLITS, sort_keys=True), "seed": config["seed"]} if QUERY_SPLITS else {}),
     log:
         "logs/prepare/prepare.log",
     benchmark:
@@ -24,7 +27,8 @@ rule prepare:
         **resources_of("prepare"),
     shell:
         PD + " prepare --data-dir {params.data_dir:q} --dataset {params.dataset:q} --splits {params.splits}"
-        " --format {params.format} --files {params.files:q} --out-dir \"$(dirname {output.corpus:q})\" > {log} 2>&1"
+        " --format {params.format} --files {params.files:q} --out-dir \"$(dirname {output.corpus:q})\""
+        + (" --query-splits {params.derived:q} --seed {params.seed}" if QUERY_SPLITS else "") + " > {log} 2>&1"
 
 
 rule prepare_beir:

@@ -66,7 +66,7 @@ rule fit_teacher:
 
 # The fusion teachers' rules exist only when fitted that way: they write the same model
 # directories as fit_teacher.
-if fit_method("pointwise") == "fusion":
+if fit_method("pointwise") == "fusion" and not rebased("pointwise"):
 
     rule fit_fusion_pointwise:
         """BM25 and the bi-encoder over the corpus, the bi-encoder fine-tuned on the training queries
@@ -101,7 +101,7 @@ if fit_method("pointwise") == "fusion":
             " --seed {params.seed} > {log} 2>&1"
 
 
-if fit_method("pairwise") == "fusion-pairwise":
+if fit_method("pairwise") == "fusion-pairwise" and not rebased("pairwise"):
 
     rule fit_fusion_pairwise:
         """The pair terms on top of the fusion pointwise teacher, fitted on its held-out queries."""
@@ -129,3 +129,25 @@ if fit_method("pairwise") == "fusion-pairwise":
             PD + " fit-fusion --kind pairwise --corpus {input.corpus:q} --queries {input.queries:q} --qrels {input.qrels:q}"
             " --out {output.model:q} --pointwise-dir {input.pointwise:q} --loss-out {output.loss:q} --split {params.split}"
             " --depth {params.f[depth]} --delta {params.delta} --seed {params.seed} > {log} 2>&1"
+
+
+rule rebase_teacher:
+    """Another run's fitted fusion teacher (teachers.{kind}.model, with rebase: true) on this run's
+    corpus: BM25 statistics and corpus embeddings recomputed, the fitted weights and bi-encoders kept
+    (pairdistill.fusion.rebase_fusion)."""
+    wildcard_constraints:
+        kind="|".join(k for k in ("pointwise", "pairwise") if rebased(k)) or "(?!)",
+    input:
+        source=lambda w: config["teachers"][w.kind]["model"],
+        corpus=CORPUS,
+    output:
+        model=directory("results/teachers/{kind}/model"),
+    log:
+        "logs/rebase_teacher/{kind}.log",
+    benchmark:
+        "benchmarks/rebase_teacher/{kind}.tsv"
+    threads: THREADS
+    resources:
+        **resources_of("fit_teacher"),
+    shell:
+        PD + " rebase-fusion --teacher {input.source:q} --corpus {input.corpus:q} --out {output.model:q} > {log} 2>&1"
