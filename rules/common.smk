@@ -238,7 +238,8 @@ def fusion_fitted():
 
 
 def fusion_settings(kind):
-    return {**FUSION_DEFAULTS, **{k: v for k, v in config["teachers"][kind]["fit"].items() if k in FUSION_DEFAULTS}}
+    own = ("pair_features",) if kind == "pairwise" else ()  # only when set: the default's params stay as they were
+    return {**FUSION_DEFAULTS, **{k: v for k, v in config["teachers"][kind]["fit"].items() if k in FUSION_DEFAULTS or k in own}}
 
 
 def check_teachers():

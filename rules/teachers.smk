@@ -128,7 +128,10 @@ if fit_method("pairwise") == "fusion-pairwise" and not rebased("pairwise"):
         shell:
             PD + " fit-fusion --kind pairwise --corpus {input.corpus:q} --queries {input.queries:q} --qrels {input.qrels:q}"
             " --out {output.model:q} --pointwise-dir {input.pointwise:q} --loss-out {output.loss:q} --split {params.split}"
-            " --depth {params.f[depth]} --delta {params.delta} --seed {params.seed} > {log} 2>&1"
+            " --depth {params.f[depth]} --delta {params.delta} --seed {params.seed}"
+            # only when set: the default's command (and so its finished jobs) stays as it was
+            + (" --pair-features {params.f[pair_features]}" if "pair_features" in config["teachers"]["pairwise"]["fit"]
+               else "") + " > {log} 2>&1"
 
 
 rule rebase_teacher:

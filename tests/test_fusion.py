@@ -74,6 +74,22 @@ def test_pair_features_are_antisymmetric_so_probabilities_are_complementary():
         "margin", "delta:bm25", "delta:dense:base", "sqdelta:bm25", "sqdelta:dense:base"]
 
 
+def test_cross_pair_features_by_hand():
+    za, zb, w = np.array([[1.0, 2.0, 0.0]]), np.array([[0.0, 1.0, 2.0]]), np.array([0.5, 0.25, 0.25])
+    x = fusion.pair_features(za, zb, w, "cross")
+    names = fusion.pair_feature_names(["a", "b", "c"], "cross")
+    assert x.shape == (1, 1 + 2 * 3 + 3 * 2) and len(names) == x.shape[1]
+    row = dict(zip(names, x[0]))
+    # difference of a (1 - 0) times the pair's mean level of b ((2 + 1) / 2); of c (-2) times a's (0.5)
+    assert row["delta:a*level:b"] == pytest.approx(1.5) and row["delta:c*level:a"] == pytest.approx(-1.0)
+    np.testing.assert_allclose(x[:, :7], fusion.pair_features(za, zb, w))  # margin's columns first
+    rng = np.random.default_rng(2)
+    za, zb = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+    np.testing.assert_allclose(fusion.pair_features(za, zb, w, "cross"), -fusion.pair_features(zb, za, w, "cross"))
+    with pytest.raises(ValueError, match="'squares' is not one of margin, cross"):
+        fusion.pair_features(za, zb, w, "squares")
+
+
 def test_window_pairs_orient_the_relevant_passage_first():
     assert fusion.window_pairs(np.array([0, 1, 0, 0, 1]), delta=2) == [(1, 0), (1, 2), (4, 3)]
     assert fusion.window_pairs(np.array([1, 1, 0]), delta=10) == [(0, 2), (1, 2)]
@@ -153,6 +169,24 @@ def test_families_are_detected_and_score_as_teachers(fitted):
     assert p_ab[0] + p_ab[1] == pytest.approx(1.0, abs=1e-6)
     ident = json.loads(teachers.identity(str(d / "pairwise"), "auto", "pairwise", None))
     assert ident["family"] == "fusion-pairwise" and len(ident["fingerprint"]) == 64
+
+
+def test_cross_pairwise_teacher_scores_with_its_own_features(fitted, tmp_path):
+    d = fitted["dir"]
+    stats = fusion.fit_fusion_pairwise(d / "pointwise", tmp_path / "cross", fitted["queries"],
+                                       {q: {f"d{q[1:].split('-')[0]}-{q.split('-')[1]}": 1} for q in fitted["queries"]},
+                                       depth=8, delta=4, feature_set="cross", log=lambda *_: None)
+    meta = json.loads((tmp_path / "cross" / fusion.META_FILE).read_text())
+    assert meta["pair_feature_set"] == "cross" and len(meta["pair_weights"]) == len(meta["pair_features"]) == 1 + 6 + 6
+    assert stats["pairs"] == fitted["pair"]["pairs"]  # the same held-out pairs as the margin teacher's
+    pair = fusion.PairwiseFusion(tmp_path / "cross", device="cpu")
+    q, texts = fitted["queries"]["q0-0"], fitted["texts"]
+    z = pair.features.matrix([q, q], texts[:2])
+    by_hand = fusion.pair_features(z[:1], z[1:], pair.features.weights, "cross") @ np.array(meta["pair_weights"])
+    assert pair.logits([q], [texts[0]], [texts[1]]) == pytest.approx(by_hand)
+    p = pair.prob([q, q], [texts[0], texts[1]], [texts[1], texts[0]])
+    assert p[0] + p[1] == pytest.approx(1.0, abs=1e-6)
+    assert "pair_feature_set" not in json.loads((d / "pairwise" / fusion.META_FILE).read_text())  # margin: as before
 
 
 def test_passage_outside_the_corpus_scores_as_if_it_were_in_it(fitted):

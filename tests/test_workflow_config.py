@@ -116,3 +116,18 @@ def test_cli_missing_teacher_path(tmp_path, stage):
     proc = subprocess.run(args, capture_output=True, text=True, env=env)
     assert proc.returncode == 2
     assert f"error: {tmp_path / 'missing'}: model path does not exist" in proc.stderr.splitlines()
+
+
+def test_cross_pair_features_reach_the_pairwise_fit_only_when_set(tmp_path):
+    def fit_command(overlay):
+        cfg = write_config(tmp_path / "overlay.yaml", {"data_dir": str(DATA_DIR), **overlay})
+        out = snakemake(tmp_path, "-n", "-p", configfiles=(cfg,)).stdout
+        return next(line for line in out.splitlines() if "fit-fusion --kind pairwise" in line)
+
+    assert "--pair-features" not in fit_command({})  # the default's command, and so its finished fit, as before
+    cross = fit_command({"teachers": {"pairwise": {"fit": {"pair_features": "cross"}}}})
+    assert " --seed 13 --pair-features cross > " in cross
+    cfg = write_config(tmp_path / "bad.yaml", {"data_dir": str(DATA_DIR),
+                                               "teachers": {"pairwise": {"fit": {"pair_features": "squares"}}}})
+    proc = snakemake(tmp_path, "-n", configfiles=(cfg,), check=False)
+    assert proc.returncode != 0 and "'squares' is not one of ['margin', 'cross']" in proc.stdout + proc.stderr

@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=20.0)
     p.add_argument("--depth", type=int, default=30)
     p.add_argument("--delta", type=int, default=10)
+    p.add_argument("--pair-features", choices=("margin", "cross"), default="margin",
+                   help="pairwise: the pair terms (pairdistill.fusion.pair_features)")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("pointwise", help="pointwise teacher scores of a top-k")
@@ -422,7 +424,7 @@ def run(a: argparse.Namespace):
                                          init=a.init, max_length=a.max_length, heldout=a.heldout,
                                          candidates=a.candidates, negatives=a.negatives, batch_size=a.batch_size,
                                          epochs=a.epochs, lr=a.lr, warmup=a.warmup, scale=a.scale, depth=a.depth,
-                                         delta=a.delta)
+                                         delta=a.delta, pair_features=a.pair_features)
     if s == "pointwise":
         return stages.pointwise(a.topk, a.corpus, a.queries, a.qrels, a.out, split=a.split, model=a.model,
                                 family=a.family, max_length=a.max_length, batch_size=a.batch_size,

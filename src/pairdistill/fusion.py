@@ -623,17 +623,33 @@ def rebase_fusion(src_dir: str | Path, corpus: pd.DataFrame, texts: Sequence[str
     return stats
 
 
-def pair_features(za: np.ndarray, zb: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(n, 1 + 2F) antisymmetric pair features from the two passages' z-scores (n, F): the
-    pointwise margin s_a - s_b, each feature's difference, and each feature's difference of
-    squares / 2 (a signal may matter more at high values than at low ones). Swapping a and b
-    negates every column, so P(b > a) = 1 - P(a > b) exactly."""
+PAIR_FEATURE_SETS = ("margin", "cross")
+
+
+def pair_features(za: np.ndarray, zb: np.ndarray, weights: np.ndarray, feature_set: str = "margin") -> np.ndarray:
+    """Antisymmetric pair features from the two passages' z-scores (n, F).
+
+    ``margin`` (n, 1 + 2F): the pointwise margin s_a - s_b, each feature's difference, and each
+    feature's difference of squares / 2 (a signal may matter more at high values than at low ones).
+    ``cross`` adds, for every two different features i and j, (z_a,i - z_b,i) (z_a,j + z_b,j) / 2:
+    how much one signal's difference counts depending on the pair's level of another (BM25's
+    difference between two passages the bi-encoder finds close to the query, say); (n, 1 + 2F + F(F-1)).
+    Swapping a and b negates every column, so P(b > a) = 1 - P(a > b) exactly."""
+    if feature_set not in PAIR_FEATURE_SETS:
+        raise ValueError(f"pair features: {feature_set!r} is not one of {', '.join(PAIR_FEATURE_SETS)}")
     margin = ((za - zb) @ weights)[:, None]
-    return np.concatenate([margin, za - zb, (za ** 2 - zb ** 2) / 2.0], axis=1)
+    cols = [margin, za - zb, (za ** 2 - zb ** 2) / 2.0]
+    if feature_set == "cross":
+        d, s = za - zb, (za + zb) / 2.0
+        cols += [d[:, i:i + 1] * s[:, j:j + 1] for i in range(za.shape[1]) for j in range(za.shape[1]) if i != j]
+    return np.concatenate(cols, axis=1)
 
 
-def pair_feature_names(names: Sequence[str]) -> list[str]:
-    return ["margin", *[f"delta:{n}" for n in names], *[f"sqdelta:{n}" for n in names]]
+def pair_feature_names(names: Sequence[str], feature_set: str = "margin") -> list[str]:
+    out = ["margin", *[f"delta:{n}" for n in names], *[f"sqdelta:{n}" for n in names]]
+    if feature_set == "cross":
+        out += [f"delta:{a}*level:{b}" for a in names for b in names if a != b]
+    return out
 
 
 class PairwiseFusion:
@@ -642,11 +658,12 @@ class PairwiseFusion:
     def __init__(self, directory: str | Path, device: str = "auto", batch_size: int = 64):
         self.features = Features(directory, device, batch_size)
         self.pair_weights = np.asarray(self.features.meta["pair_weights"], dtype=np.float64)
+        self.feature_set = self.features.meta.get("pair_feature_set", "margin")  # teachers fitted before: margin
 
     def logits(self, queries, docs_a, docs_b, progress_label: str | None = None) -> np.ndarray:
         n = len(queries)
         z = self.features.matrix(list(queries) * 2, list(docs_a) + list(docs_b), progress_label)
-        return pair_features(z[:n], z[n:], self.features.weights) @ self.pair_weights
+        return pair_features(z[:n], z[n:], self.features.weights, self.feature_set) @ self.pair_weights
 
     def prob(self, queries, docs_a, docs_b, progress_label: str | None = None) -> np.ndarray:
         return (1.0 / (1.0 + np.exp(-self.logits(queries, docs_a, docs_b, progress_label)))).astype(np.float32)
@@ -665,12 +682,12 @@ def window_pairs(ranked_rel: np.ndarray, delta: int) -> list[tuple[int, int]]:
 
 def fit_fusion_pairwise(pointwise_dir: str | Path, out_dir: str | Path, queries: dict[str, str],
                         positives: dict[str, dict[str, int]], *, depth: int, delta: int,
-                        l2: float = 1e-2, log=print) -> dict:
+                        l2: float = 1e-2, feature_set: str = "margin", log=print) -> dict:
     """Fit the pairwise fusion teacher on the pointwise one's held-out queries: judged pairs
     (one relevant passage, one not) within ``delta`` ranks of each other in the pointwise
     teacher's top ``depth`` over the corpus. The margin's weight is free; the other weights are
     shrunk towards 0 (``l2``), so the teacher departs from the pointwise order only where the
-    held-out pairs say so."""
+    held-out pairs say so. ``feature_set``: :func:`pair_features`'."""
     start = time.monotonic()
     src = Path(pointwise_dir)
     feats = Features(src, device="cpu")
@@ -690,18 +707,19 @@ def fit_fusion_pairwise(pointwise_dir: str | Path, out_dir: str | Path, queries:
     if not za_rows:
         raise ValueError(f"{src}: no judged pairs within {delta} ranks in the held-out queries' top {depth}")
     za, zb = np.array(za_rows), np.array(zb_rows)
-    x = pair_features(np.concatenate([za, zb]), np.concatenate([zb, za]), feats.weights)
+    x = pair_features(np.concatenate([za, zb]), np.concatenate([zb, za]), feats.weights, feature_set)
     t = np.concatenate([np.ones(len(za)), np.zeros(len(za))])
     penalty = np.r_[0.0, np.full(x.shape[1] - 1, l2)]
     v = fit_pair_logistic(x, t, l2=penalty)
     logits = x @ v
     log_loss = float(np.mean(np.logaddexp(0.0, logits) - t * logits))
     acc_point = float(np.mean((za - zb) @ feats.weights > 0))
-    acc_pair = float(np.mean(pair_features(za, zb, feats.weights) @ v > 0))
-    names = pair_feature_names(feats.names)
+    acc_pair = float(np.mean(pair_features(za, zb, feats.weights, feature_set) @ v > 0))
+    names = pair_feature_names(feats.names, feature_set)
     log(f"fusion-pairwise: {len(za)} held-out judged pairs; weights { {k: round(float(x), 4) for k, x in zip(names, v)} }; "
         f"held-out pair accuracy: pointwise {acc_point:.4f}, pairwise (fitted on them) {acc_pair:.4f}")
     meta = {**feats.meta, "kind": "pairwise", "family": PAIRWISE_FAMILY, "pair_features": names,
+            **({"pair_feature_set": feature_set} if feature_set != "margin" else {}),
             "pair_weights": [float(w) for w in v], "pair_fit": {"depth": depth, "delta": delta, "l2": l2,
                                                                 "pairs": len(za), "heldout_accuracy_pointwise": acc_point,
                                                                 "heldout_accuracy_pairwise": acc_pair}}

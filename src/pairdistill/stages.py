@@ -221,7 +221,8 @@ def fit_fusion_teacher(kind: str, corpus_path: str, queries_path: str, qrels_pat
                        *, split: str, seed: int, plain_out: str | None = None, pointwise_dir: str | None = None,
                        init: str = "minilm", max_length: int = 128, heldout: float = 0.25, candidates: int = 100,
                        negatives: int = 1, batch_size: int = 16, epochs: int = 1, lr: float = 2e-5,
-                       warmup: float = 0.1, scale: float = 20.0, depth: int = 30, delta: int = 10) -> dict:
+                       warmup: float = 0.1, scale: float = 20.0, depth: int = 30, delta: int = 10,
+                       pair_features: str = "margin") -> dict:
     """Fit a fusion teacher (:mod:`pairdistill.fusion`) on the labelled queries of ``split``:
     ``pointwise`` writes the fused teacher to ``out`` and the plain BM25 + bi-encoder fusion to
     ``plain_out``; ``pairwise`` fits the pair terms on top of ``pointwise_dir``."""
@@ -240,7 +241,8 @@ def fit_fusion_teacher(kind: str, corpus_path: str, queries_path: str, qrels_pat
                                   scale=scale, seed=seed, work_dir=work, loss_log=loss_out, log=_log)
         shutil.rmtree(work, ignore_errors=True)
     else:
-        stats = fusion.fit_fusion_pairwise(pointwise_dir, out, queries, positives, depth=depth, delta=delta, log=_log)
+        stats = fusion.fit_fusion_pairwise(pointwise_dir, out, queries, positives, depth=depth, delta=delta,
+                                           feature_set=pair_features, log=_log)
         # a closed-form fit, no training loop: the curve is its one step and final log loss
         curve = pd.DataFrame({"step": [1], "loss": [stats["log_loss"]], "lr": [0.0], "elapsed_s": [stats["seconds"]]})
         io.write_table(curve, "teacher_loss", loss_out)
