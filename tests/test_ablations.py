@@ -183,6 +183,14 @@ def test_upstream_variants_get_a_complete_config_of_their_own():
     assert ablations.variants(config)["b"]["lambda_kd"] == 0.5
 
 
+def test_seed_cannot_vary_when_it_cuts_the_evaluation_split():
+    config = {**_config({"s": {"seed": 7}}),
+              "query_splits": {"adapt": {"from": "test", "share": 0.5}, "heldout": {"from": "test", "rest_of": ["adapt"]}}}
+    with pytest.raises(ValueError, match=r"^ablations\.variants\.s\.seed: cannot vary while query_splits is set"):
+        ablations.variants(config)
+    assert list(ablations.upstream_configs(_config({"s": {"seed": 7}}))) == ["s"]  # without derived splits it can
+
+
 def test_run_picks_declared_variants():
     config = _config({"a": {"train": {"lambda_pair": 0}}, "b": {"train": {"lambda_kd": 0}}}, run=["b"])
     assert ablations.requested(config, ablations.variants(config)) == ["b"]

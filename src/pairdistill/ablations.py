@@ -85,6 +85,9 @@ def _overrides(name: str, spec, config: dict) -> dict[str, object]:
                              f"{', '.join(UPSTREAM)} can vary)")
         if isinstance(_lookup(config, key), dict):
             raise ValueError(f"{dotted}: is a section; set the keys inside it")
+        if key == "seed" and config.get("query_splits"):
+            raise ValueError(f"{dotted}: cannot vary while query_splits is set (the derived splits are cut by "
+                             "the seed, so the variant would be evaluated on other queries)")
         if key in changes:
             raise ValueError(f"{dotted}: set twice (nested and dotted)")
         # Snakemake's --config reads nested values as text: parse them unless the setting is text
