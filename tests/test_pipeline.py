@@ -267,3 +267,33 @@ def test_shard_count_change_reruns_the_sharded_stages(run):
         counts[rule] = counts.get(rule, 0) + 1
     assert counts["retrieve"] == counts["pointwise"] == counts["pairwise"] == 6
     assert not set(counts) & {"prepare", "init_checkpoint", "mine_negatives", "fit_teacher"}
+
+
+def test_upstream_ablation_variant_runs_the_method_again_in_its_own_directory(run):
+    """An ablation variant that changes pair sampling (upstream of training) runs every stage its
+    setting feeds, for real, under results/ablations/<variant>/; the full run is left as it was.
+    Runs last in this module, in the reference run's directory (its comparisons are done)."""
+    workdir, config = run["reference"], run["config"]
+    before = {p: (workdir / p).stat().st_mtime_ns for p in ("results/iter-2/checkpoint", "results/summary.parquet")}
+    variant = "ablations={run: [delta-3], variants: {delta-3: {pairs: {delta: 3}}}}"
+    snakemake(workdir, "-p", "ablations", "--config", variant, configfiles=(config,))  # -p ends --configfile's list
+    root = workdir / "results/ablations/delta-3"
+    # what the setting reaches: its own pairs (within 3 ranks), pairwise scores, checkpoints, runs
+    for shard in SHARDS:
+        pairs = io.read_table(root / f"iter-1/pairs/shard-{shard}.parquet", "pairs")
+        assert len(pairs) and ((pairs["rank_a"] - pairs["rank_b"]).abs() < 3).all()
+    for n in (1, 2):
+        assert (root / f"iter-{n}/checkpoint").is_dir() and (workdir / f"logs/ablations/delta-3/train/iter-{n}.log").exists()
+    # what it does not reach comes out as the full method's: round 1's top-k and pointwise scores
+    for stage in ("train_topk", "pointwise"):
+        for shard in SHARDS:
+            mine = pd.read_parquet(root / f"iter-1/{stage}/shard-{shard}.parquet")
+            full = pd.read_parquet(workdir / f"results/iter-1/{stage}/shard-{shard}.parquet")
+            pd.testing.assert_frame_equal(mine, full)
+    table = io.read_table(workdir / "results/ablations.parquet", "ablations")
+    rows = table[table["variant"] == "delta-3"]
+    assert sorted(rows["iteration"].unique()) == [1, 2] and np.isfinite(rows["value"]).all()
+    # the full run: untouched, nothing to do
+    assert {p: (workdir / p).stat().st_mtime_ns for p in before} == before
+    assert dry_run(workdir, configfiles=(config,)) == []
+    assert dry_run(workdir, "ablations", "--config", variant, configfiles=(config,)) == []
