@@ -192,3 +192,12 @@ def tiny_causal_lm_dir(tmp_path_factory) -> str:
     GPT2LMHeadModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture
+def one_thread():
+    """Bit-exactness is a single-thread CPU property (as the rules run jobs with --threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -184,14 +184,6 @@ def test_a_killed_dpr_training_resumes_bit_identically(resume_inputs, tmp_path, 
     assert students.read_dpr_settings(tmp_path / "ckpt") == students.read_dpr_settings(resume_inputs["checkpoint"])
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_the_checkpoint_must_be_the_configured_kind(resume_inputs, tmp_path):
     with pytest.raises(SettingError, match=r"^student.arch: colbert, but the checkpoint .* is a dpr student$"):
         resume._train(resume_inputs, tmp_path, arch="colbert")

@@ -17,14 +17,7 @@ from pairdistill import cli, io, stages, teachers
 from pairdistill.errors import SettingError
 from pairdistill.teachers.instruct import DEFAULT_PROMPT
 
-QUERIES = ["what is the capital of france", "who wrote hamlet", "how do bees make honey",
-           "boiling point of water", "largest ocean on earth"]
-DOCS = ["paris is the capital and largest city of france",
-        "hamlet is a tragedy written by william shakespeare around 1600",
-        "bees make honey from the nectar of flowers, which they store in wax combs",
-        "water boils at 100 degrees celsius at sea level",
-        "the pacific ocean is the largest and deepest of the oceans"]
-OTHER = DOCS[1:] + DOCS[:1]
+from test_teachers import DOCS, OTHER, QUERIES  # the other teachers' texts
 
 
 @pytest.fixture(scope="module", params=["seq2seq", "causal"])

@@ -264,15 +264,6 @@ def test_a_state_of_other_hyperparameters_is_deleted_not_resumed(inputs, tmp_pat
     assert io.read_table(tmp_path / "loss.parquet", "loss")["step"].tolist() == list(range(6))
 
 
-@pytest.fixture
-def one_thread():
-    """Bit-exactness is a single-thread CPU property (as the rule runs it with --threads)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_a_state_of_other_groups_is_not_resumed_but_a_matching_one_is(inputs, tmp_path, monkeypatch, capsys,
                                                                        one_thread):
     _interrupted(inputs, tmp_path, monkeypatch)
