@@ -13,13 +13,14 @@ from pairdistill import ablations as ablation_settings  # noqa: E402  (src/ is o
 try:  # an unknown key, a shared key, a colliding name, a refused value: one line naming it
     VARIANTS = ablation_settings.variants(config)  # name -> the variant's complete train settings
     ABLATIONS = ablation_settings.requested(config, VARIANTS)
-    UPSTREAM_CONFIGS = {name: c for name, c in ablation_settings.upstream_configs(config).items() if name in ABLATIONS}
+    _UPSTREAM = ablation_settings.upstream_configs(config)  # every declared one's: name -> complete config
+    UPSTREAM_CONFIGS = {name: c for name, c in _UPSTREAM.items() if name in ABLATIONS}
 except ValueError as exc:
     raise WorkflowError(str(exc)) from None
 for _name in ABLATIONS:  # micro_batch, precision, ... against the training resources, as the full method's
     check_training(VARIANTS[_name], int(resources_of("train").get("gpu", 0)), key=f"ablations.variants.{_name}.train")
 # the variants whose rules are below; the others' are the module's own rules
-TRAIN_ONLY = [v for v in VARIANTS if v not in ablation_settings.upstream_configs(config)]
+TRAIN_ONLY = [v for v in VARIANTS if v not in _UPSTREAM]
 
 
 wildcard_constraints:

@@ -44,9 +44,12 @@ UPSTREAM = ("student", "index", "retrieve", "teachers", "pairs", "seed", "train_
 
 
 @lru_cache(maxsize=1)
+def _schema() -> dict:
+    return yaml.safe_load(Path(__file__).with_name("config.schema.yaml").read_text())
+
+
 def _train_schema() -> dict:
-    schema = yaml.safe_load(Path(__file__).with_name("config.schema.yaml").read_text())
-    return {**schema["properties"]["train"], "definitions": schema["definitions"]}
+    return {**_schema()["properties"]["train"], "definitions": _schema()["definitions"]}
 
 
 def normalise(name: str) -> str:
@@ -83,7 +86,8 @@ def _overrides(name: str, spec, config: dict) -> dict[str, object]:
             raise ValueError(f"{dotted}: cannot vary in an ablation (the data, the evaluation, the rounds and "
                              "how jobs run are shared by every variant; train.* and "
                              f"{', '.join(UPSTREAM)} can vary)")
-        if isinstance(_lookup(config, key), dict):
+        current = _lookup(config, key)
+        if isinstance(current, dict):
             raise ValueError(f"{dotted}: is a section; set the keys inside it")
         if key == "seed" and config.get("query_splits"):
             raise ValueError(f"{dotted}: cannot vary while query_splits is set (the derived splits are cut by "
@@ -91,7 +95,7 @@ def _overrides(name: str, spec, config: dict) -> dict[str, object]:
         if key in changes:
             raise ValueError(f"{dotted}: set twice (nested and dotted)")
         # Snakemake's --config reads nested values as text: parse them unless the setting is text
-        if isinstance(value, str) and not isinstance(_lookup(config, key), str):
+        if isinstance(value, str) and not isinstance(current, str):
             value = yaml.safe_load(value)
         changes[key] = value
     return changes
@@ -105,11 +109,10 @@ def _lookup(config: dict, key: str):
 
 
 def _known(config: dict, key: str) -> bool:
-    node = config
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
+    try:
+        _lookup(config, key)
+    except (KeyError, TypeError):  # a missing key, or a key below a setting that is not a section
+        return False
     return True
 
 
@@ -160,21 +163,17 @@ def upstream_configs(config: dict) -> dict[str, dict]:
 
     import jsonschema
 
-    schema = yaml.safe_load(Path(__file__).with_name("config.schema.yaml").read_text())
     out = {}
     for name, changes in _declared(config).items():
         if all(k.partition(".")[0] == TRAINED for k in changes):
             continue
         merged = copy.deepcopy(config)
         for key, value in changes.items():
-            *path, last = key.split(".")
-            node = merged
-            for part in path:
-                node = node[part]
-            node[last] = value
+            parent, _, last = key.rpartition(".")
+            (_lookup(merged, parent) if parent else merged)[last] = value
         merged["ablations"] = {**merged.get("ablations", {}), "variants": {}, "run": None}
         try:
-            jsonschema.validate(merged, schema)
+            jsonschema.validate(merged, _schema())
         except jsonschema.ValidationError as exc:
             key = ".".join(map(str, exc.absolute_path))
             raise ValueError(f"ablations.variants.{name}.{key}: {exc.message}") from None
