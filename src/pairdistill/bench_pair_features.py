@@ -31,17 +31,8 @@ def judged_pairs(teacher_dir: Path, results: Path, split: str, depth: int, delta
     qrels = qrels[(qrels["split"] == split) & (qrels["relevance"] > 0)]
     positives = qrels.groupby("query_id")["doc_id"].apply(set).to_dict()
     held = [q for q in held if q in text and positives.get(q)]
-    z = feats.query_scores([text[q] for q in held])
-    za, zb, group = [], [], []
-    for i, q in enumerate(held):
-        zq = np.stack([z[n][i] for n in feats.names], axis=1)
-        top = np.argsort(-(zq @ feats.weights), kind="stable")[:depth]
-        rel = np.array([1 if feats.doc_ids[j] in positives[q] else 0 for j in top])
-        for a, b in fusion.window_pairs(rel, delta):
-            za.append(zq[top[a]])
-            zb.append(zq[top[b]])
-            group.append(i)
-    return np.array(za), np.array(zb), np.array(group), feats.weights, len(held)
+    za, zb, group = fusion.heldout_judged_pairs(feats, held, text, positives, depth, delta)
+    return za, zb, group, feats.weights, len(held)
 
 
 def cross_validated(za, zb, group, weights, feature_set: str, l2: float, folds: int, seed: int) -> np.ndarray:

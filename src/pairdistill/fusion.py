@@ -680,6 +680,26 @@ def window_pairs(ranked_rel: np.ndarray, delta: int) -> list[tuple[int, int]]:
     return out
 
 
+def heldout_judged_pairs(feats: Features, held: Sequence[str], query_texts: dict[str, str],
+                         positives: dict, depth: int, delta: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(z_a, z_b, query index) of the judged pairs (a relevant, b not) within ``delta`` ranks of
+    each other in the pointwise teacher's top ``depth`` over the corpus, for each query of ``held``
+    (every one of which has positives)."""
+    z = feats.query_scores([query_texts[q] for q in held])
+    za_rows, zb_rows, group = [], [], []
+    for i, q in enumerate(held):
+        zq = np.stack([z[n][i] for n in feats.names], axis=1)  # (docs, F)
+        top = np.argsort(-(zq @ feats.weights), kind="stable")[:depth]
+        rel = np.array([1 if feats.doc_ids[j] in positives[q] else 0 for j in top])
+        for a, b in window_pairs(rel, delta):
+            za_rows.append(zq[top[a]])
+            zb_rows.append(zq[top[b]])
+            group.append(i)
+    width = len(feats.names)
+    return (np.array(za_rows).reshape(-1, width), np.array(zb_rows).reshape(-1, width),
+            np.array(group, dtype=np.int64))
+
+
 def fit_fusion_pairwise(pointwise_dir: str | Path, out_dir: str | Path, queries: dict[str, str],
                         positives: dict[str, dict[str, int]], *, depth: int, delta: int,
                         l2: float = 1e-2, feature_set: str = "margin", log=print) -> dict:
@@ -693,20 +713,9 @@ def fit_fusion_pairwise(pointwise_dir: str | Path, out_dir: str | Path, queries:
     feats = Features(src, device="cpu")
     held = json.loads((src / "queries_split.json").read_text())["heldout"]
     held = [q for q in held if q in queries and positives.get(q)]
-    z = feats.query_scores([queries[q] for q in held])
-    za_rows, zb_rows = [], []
-    row = {d: i for i, d in enumerate(feats.doc_ids)}
-    for i, q in enumerate(held):
-        zq = np.stack([z[n][i] for n in feats.names], axis=1)  # (docs, F)
-        s = zq @ feats.weights
-        top = np.argsort(-s, kind="stable")[:depth]
-        rel = np.array([1 if feats.doc_ids[j] in positives[q] else 0 for j in top])
-        for a, b in window_pairs(rel, delta):
-            za_rows.append(zq[top[a]])
-            zb_rows.append(zq[top[b]])
-    if not za_rows:
+    za, zb, _ = heldout_judged_pairs(feats, held, queries, positives, depth, delta)
+    if not len(za):
         raise ValueError(f"{src}: no judged pairs within {delta} ranks in the held-out queries' top {depth}")
-    za, zb = np.array(za_rows), np.array(zb_rows)
     x = pair_features(np.concatenate([za, zb]), np.concatenate([zb, za]), feats.weights, feature_set)
     t = np.concatenate([np.ones(len(za)), np.zeros(len(za))])
     penalty = np.r_[0.0, np.full(x.shape[1] - 1, l2)]
