@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from pairdistill import io
-from pairdistill.data import input_files, load_beir, load_corpus, load_qrels, load_queries, passage_text, prepare
+from pairdistill.data import input_files, passage_text, prepare
+from pairdistill.loaders.beir import load_beir, load_corpus, load_qrels, load_queries
 from pairdistill.errors import InputError
 
 DATA_DIR = Path(os.environ.get("PAIRDISTILL_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "datasets"))

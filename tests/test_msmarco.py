@@ -12,7 +12,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pairdistill import io, msmarco
+from pairdistill import io
+from pairdistill.loaders import msmarco
 from pairdistill.data import input_files, prepare
 from pairdistill.errors import InputError
 
@@ -174,7 +175,7 @@ def test_colliding_hashes_are_not_duplicates(tmp_path, monkeypatch):
     make_msmarco(tmp_path)
     run(tmp_path)
     expected = artifacts(tmp_path)
-    monkeypatch.setattr(msmarco, "_id_hashes", lambda ids: np.zeros(len(ids), dtype=np.uint64))
+    monkeypatch.setattr(msmarco, "id_hashes", lambda ids: np.zeros(len(ids), dtype=np.uint64))
     run(tmp_path, batch_rows=4)
     for before, after in zip(expected, artifacts(tmp_path)):
         pd.testing.assert_frame_equal(after, before)

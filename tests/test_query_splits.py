@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from pairdistill import data, io, query_splits
+from pairdistill.loaders import beir
 from pairdistill.errors import SettingError
 
 HALVES = {"adapt": {"from": "test", "share": 0.5}, "heldout": {"from": "test", "rest_of": ["adapt"]}}
@@ -69,7 +70,7 @@ def test_prepare_writes_derived_splits_whose_qrels_follow_their_queries(tmp_path
     assert len(adapt) == 13 and len(held) == 12 and not adapt & held  # round(12.5) = 13
     assert adapt | held == {f"t{i}" for i in range(25)}
     # every judgement of test is kept, under the split of its query
-    whole = data.load_qrels(root / "toy" / "qrels" / "test.tsv", "test")
+    whole = beir.load_qrels(root / "toy" / "qrels" / "test.tsv", "test")
     for split, ids in (("adapt", adapt), ("heldout", held)):
         mine = qrels[qrels["split"] == split]
         assert set(mine["query_id"]) == ids

@@ -25,6 +25,7 @@ import pandas as pd
 
 from . import io, runtime
 from .progress import Progress
+from .students.runs import SEARCH_SETTINGS, drop_self_matches, empty_run, index_search_settings
 
 _PATCHED = False
 
@@ -246,9 +247,6 @@ def _num_partitions(n: int | None) -> Iterator[None]:
         CollectionIndexer.setup = original
 
 
-SEARCH_SETTINGS = "pairdistill_search.json"  # in an index: how its collection is searched
-
-
 def build_index(checkpoint: str | Path, corpus: pd.DataFrame, texts: Sequence[str], out_dir: str | Path,
                 *, nbits: int, doc_maxlen: int, kmeans_niters: int = 4, index_bsize: int = 64,
                 reuse_sample_embeddings: bool = True, seed: int = 12345, num_partitions: int | None = None,
@@ -344,22 +342,3 @@ def search(checkpoint: str | Path, index_dir: str | Path, queries: Mapping[str, 
     if drop_self:
         run = drop_self_matches(run, wanted)
     return io.to_table(run, "run").to_pandas()
-
-
-def index_search_settings(index_dir: str | Path) -> dict:
-    """The collection's search settings kept in its index (none for indexes built before them)."""
-    path = Path(index_dir) / SEARCH_SETTINGS
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def drop_self_matches(run: pd.DataFrame, k: int) -> pd.DataFrame:
-    """``run`` without hits whose document id is the query's id, the rest re-ranked, top-``k`` kept."""
-    run = run[run["doc_id"].astype(str) != run["query_id"].astype(str)]
-    run = run.sort_values(["query_id", "rank"], kind="stable").copy()
-    run["rank"] = run.groupby("query_id").cumcount() + 1
-    return run[run["rank"] <= k].reset_index(drop=True)
-
-
-def empty_run() -> pd.DataFrame:
-    """A run without rows (e.g. a query shard that no query hashed to), typed as the run schema."""
-    return io.SCHEMAS["run"].empty_table().to_pandas()

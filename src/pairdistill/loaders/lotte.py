@@ -12,7 +12,7 @@ read as one more topic. Each query set becomes a split of the queries artifact (
 in each set, so a query is known by (split, query_id)), and its answer passages become qrels of
 relevance 1: LoTTE's Success@5 is then ir-measures' ``Success@5`` over those qrels, the fraction of
 questions with an answer passage in the top 5. The collection is streamed as MS MARCO's is
-(:func:`pairdistill.msmarco.write_collection`).
+(:func:`pairdistill.loaders.msmarco.write_collection`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from typing import Iterable
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pairdistill import io, msmarco
-from pairdistill.data import _json_objects, _require, qrels_frame
+from pairdistill import io
+from pairdistill.loaders import msmarco
+from pairdistill.loaders.common import json_lines, qrels_frame, require
 from pairdistill.errors import InputError
 
 QUERY_SETS = ("search", "forum")
@@ -70,7 +71,7 @@ def read_qas(path: str | Path, split: str, query_ids: set[str], questions_path: 
     path = Path(path)
     seen: dict[str, int] = {}
     queries, docs, numbers = [], [], []
-    for number, obj in _json_objects(path):
+    for number, obj in json_lines(path):
         for key in ("qid", "answer_pids"):
             if key not in obj:
                 raise InputError(path, f"missing `{key}` field", number)
@@ -105,11 +106,11 @@ def prepare(root: str | Path, topic: str, split: str, query_sets: Iterable[str],
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "LoTTE root directory does not exist (config key: lotte_eval.root)")
-    _require(root / topic, f"LoTTE topic folder {topic!r}", is_dir=True)
-    _require(root / topic / split, f"LoTTE split folder {topic}/{split}", is_dir=True)
+    require(root / topic, f"LoTTE topic folder {topic!r}", is_dir=True)
+    require(root / topic / split, f"LoTTE split folder {topic}/{split}", is_dir=True)
     collection, questions_paths, qas_paths = topic_files(root, topic, split, query_sets)
     for path in (collection, *questions_paths.values(), *qas_paths.values()):
-        _require(path, f"LoTTE file {path.name} of {topic}/{split}")
+        require(path, f"LoTTE file {path.name} of {topic}/{split}")
 
     questions = {s: msmarco.read_queries(p) for s, p in questions_paths.items()}
     answers = {s: read_qas(p, s, set(questions[s]["query_id"]), questions_paths[s]) for s, p in qas_paths.items()}

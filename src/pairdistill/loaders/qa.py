@@ -3,7 +3,7 @@
 - Passages: DPR's ``psgs_w100.tsv``, a header line ``id<TAB>text<TAB>title``, then one passage a
   row in CSV quoting (a text holding quotes is written ``"... ""so"" ..."``). Read as DPR reads it,
   ``csv.reader(delimiter="\\t")``, and streamed into the corpus artifact (doc_id = id) in row groups,
-  duplicate ids found through 64-bit hashes as in :mod:`pairdistill.msmarco` (21M passages).
+  duplicate ids found through 64-bit hashes as in :mod:`pairdistill.loaders.msmarco` (21M passages).
 - Questions: DPR's ``*.qa.csv`` (``nq-test.qa.csv``, ``trivia-test.qa.csv``, ``squad1-test.qa.csv``),
   no header, ``question<TAB>answers`` with the answers a Python or JSON list of strings
   (``["Daei", "Ali Daei"]``, ``['Sunset Boulevard']``), read with the same CSV reader. A question's id
@@ -29,9 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pairdistill import io
-from pairdistill.data import _require, collect_queries
+from pairdistill.loaders.common import batches, collect_queries, id_hashes, require
 from pairdistill.errors import InputError
-from pairdistill.msmarco import _batches, _id_hashes
 
 PASSAGES_HEADER = ["id", "text", "title"]
 
@@ -84,13 +83,13 @@ def write_passages(path: str | Path, out: str | Path, batch_rows: int = 100_000)
     naming both lines.
     """
     path = Path(path)
-    _require(path, "passages file")
+    require(path, "passages file")
     schema = io.SCHEMAS["corpus"]
     hashes: list[np.ndarray] = []
     skipped: list[str] = []
     documents = 0
     with io.atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
-        for batch in _batches(_passage_records(path), batch_rows):
+        for batch in batches(_passage_records(path), batch_rows):
             rows = []
             for number, doc_id, title, text in batch:
                 if not title.strip() and not text.strip():
@@ -103,9 +102,9 @@ def write_passages(path: str | Path, out: str | Path, batch_rows: int = 100_000)
                 ids, titles, texts = map(list, zip(*rows))
                 writer.write_table(pa.Table.from_arrays([pa.array(c, pa.string()) for c in (ids, titles, texts)],
                                                         schema=schema), row_group_size=batch_rows)
-                hashes.append(_id_hashes(ids))
+                hashes.append(id_hashes(ids))
                 documents += len(ids)
-        hashes.append(_id_hashes(skipped))
+        hashes.append(id_hashes(skipped))
         ordered = np.sort(np.concatenate(hashes))
         repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
         if repeated.size:
@@ -118,8 +117,8 @@ def write_passages(path: str | Path, out: str | Path, batch_rows: int = 100_000)
 def _raise_duplicate(path: Path, repeated: np.ndarray, batch_rows: int) -> None:
     """Rescan for the ids behind the ``repeated`` hashes and raise for the earliest true repeat."""
     lines: dict[str, list[int]] = defaultdict(list)
-    for batch in _batches(_passage_records(path), batch_rows):
-        for i in np.flatnonzero(np.isin(_id_hashes([doc_id for _, doc_id, _, _ in batch]), repeated)):
+    for batch in batches(_passage_records(path), batch_rows):
+        for i in np.flatnonzero(np.isin(id_hashes([doc_id for _, doc_id, _, _ in batch]), repeated)):
             lines[batch[i][1]].append(batch[i][0])
     repeats = [(numbers[1], numbers[0], doc_id) for doc_id, numbers in lines.items() if len(numbers) > 1]
     if repeats:
@@ -170,7 +169,7 @@ def read_questions(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def prepare_questions(path: str | Path, name: str, out_queries: str | Path, out_answers: str | Path) -> dict:
     """Validate a questions file, then write its queries (split ``name``) and answers artifacts."""
     path = Path(path)
-    _require(path, "questions file")
+    require(path, "questions file")
     queries, answers = read_questions(path)
     queries = queries.assign(split=name)[["split", "query_id", "text"]]
     tables = io.to_table(queries, "queries"), io.to_table(answers, "answers")

@@ -13,7 +13,7 @@ A checkpoint is a directory of plain Hugging Face files: the shared encoder and 
 Its index is a faiss index of the passage vectors: exact inner product (``flat``) or an inverted
 file (``ivf``: ``nlist`` seeded k-means lists, ``nprobe`` of them searched), in
 ``index.faiss`` beside ``doc_ids.parquet`` (row -> document id) and the collection's search
-settings (:data:`pairdistill.student.SEARCH_SETTINGS`). With cosine the stored vectors are
+settings (:data:`pairdistill.students.runs.SEARCH_SETTINGS`). With cosine the stored vectors are
 L2-normalised, so the inner product is the cosine; search multiplies by ``scale``, so a run's
 scores are the student's training scores.
 
@@ -37,6 +37,7 @@ from .. import io, runtime
 from ..errors import InputError, SettingError
 from ..progress import Progress
 from . import DPR_SETTINGS, FAISS_META, INDEX_TYPES, DPRSettings, read_dpr_settings
+from .runs import SEARCH_SETTINGS, drop_self_matches, empty_run, index_search_settings
 
 QUERY_DIR, PASSAGE_DIR = "query_encoder", "passage_encoder"  # separate encoders
 INDEX_FILE = "index.faiss"
@@ -209,8 +210,6 @@ def build_index(checkpoint: str | Path, corpus: pd.DataFrame, texts: Sequence[st
     kept for every search of this collection, as in a PLAID index."""
     import faiss
 
-    from ..student import SEARCH_SETTINGS
-
     runtime.seed_everything(seed)
     device = runtime.device()
     model = load(checkpoint, doc_maxlen=doc_maxlen).to(device).eval()
@@ -248,8 +247,6 @@ def search(checkpoint: str | Path, index_dir: str | Path, queries: Mapping[str, 
            batch: int = 64, progress_label: str | None = None) -> pd.DataFrame:
     """Top-``k`` of every query from the faiss index: a frame in the io "run" schema, scores
     ``scale`` times the inner product (the student's score)."""
-    from ..student import drop_self_matches, empty_run, index_search_settings
-
     if not queries:
         return empty_run()
     import faiss

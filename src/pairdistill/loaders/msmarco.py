@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -33,8 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pairdistill import io
-from pairdistill.data import (DATA_DIR_HINT, _is_int, _lines, _require, _split_list, collect_queries,
-                              qrels_frame, remember_judgement)
+from pairdistill.loaders.common import (DATA_DIR_HINT, batches, collect_queries, id_hashes, is_int, numbered_lines,
+                                        qrels_frame, remember_judgement, require, split_list)
 from pairdistill.errors import InputError
 
 FILE_KEYS = ("collection", "queries", "qrels")
@@ -84,7 +83,7 @@ def _tsv_records(path: Path, what: str) -> Iterator[tuple[int, str, str]]:
     Empty lines are skipped. An id must be one whitespace-free token: qrels are split on
     whitespace, so an id with a space (or a stray leading one) could never be judged.
     """
-    for number, line in _lines(path):
+    for number, line in numbered_lines(path):
         if not line:
             continue
         record_id, tab, rest = line.partition("\t")
@@ -95,17 +94,6 @@ def _tsv_records(path: Path, what: str) -> Iterator[tuple[int, str, str]]:
         if record_id.split() != [record_id]:
             raise InputError(path, f"{what} id {record_id!r} contains whitespace", number)
         yield number, record_id, rest
-
-
-def _batches(items: Iterable, size: int) -> Iterator[list]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
-
-
-def _id_hashes(ids: list[str]) -> np.ndarray:
-    """64-bit hashes of ids (pandas' SipHash with its fixed key: the same in every run)."""
-    return pd.util.hash_array(np.asarray(ids, dtype=object), categorize=False)
 
 
 def read_queries(path: str | Path) -> pd.DataFrame:
@@ -123,7 +111,7 @@ def read_qrels(path: str | Path, split: str, query_ids: set[str], queries_path: 
     path = Path(path)
     seen: dict[tuple[str, str], int] = {}
     queries, docs, relevances, numbers = [], [], [], []
-    for number, line in _lines(path):
+    for number, line in numbered_lines(path):
         fields = line.split()
         if not fields:
             continue
@@ -131,7 +119,7 @@ def read_qrels(path: str | Path, split: str, query_ids: set[str], queries_path: 
             raise InputError(path, f"expected 4 fields (MS MARCO `qid 0 pid rel` or TREC `qid Q0 pid rel`), "
                                    f"got {len(fields)}", number)
         query_id, _, doc_id, score = fields
-        if not _is_int(score):
+        if not is_int(score):
             raise InputError(path, f"relevance {score!r} is not an integer", number)
         if query_id not in query_ids:
             raise InputError(path, f"unknown query id {query_id!r} (not in {queries_path.name})", number)
@@ -157,7 +145,7 @@ def write_collection(
     found: set[str] = set()
     documents = 0
     with pq.ParquetWriter(out, schema) as writer:
-        for batch in _batches(_tsv_records(path, "passage"), batch_rows):
+        for batch in batches(_tsv_records(path, "passage"), batch_rows):
             ids, texts = [], []
             for number, doc_id, passage in batch:
                 if not passage.strip():
@@ -171,11 +159,11 @@ def write_collection(
             columns = [pa.array(ids, pa.string()), pa.repeat(pa.scalar("", pa.string()), len(ids)),
                        pa.array(texts, pa.string())]
             writer.write_table(pa.Table.from_arrays(columns, schema=schema), row_group_size=batch_rows)
-            hashes.append(_id_hashes(ids))
+            hashes.append(id_hashes(ids))
             found.update(wanted.intersection(ids))
             documents += len(ids)
     # skipped passages keep their ids: a later passage reusing one is still a duplicate
-    hashes.append(_id_hashes(skipped))
+    hashes.append(id_hashes(skipped))
     ordered = np.concatenate(hashes)
     hashes.clear()
     ordered.sort()
@@ -193,8 +181,8 @@ def _raise_duplicate(path: Path, repeated: np.ndarray, batch_rows: int) -> None:
     Only reached when two hashes are equal (rare); ids that merely collide pass.
     """
     lines: dict[str, list[int]] = defaultdict(list)
-    for batch in _batches(_tsv_records(path, "passage"), batch_rows):
-        hits = np.flatnonzero(np.isin(_id_hashes([doc_id for _, doc_id, _ in batch]), repeated))
+    for batch in batches(_tsv_records(path, "passage"), batch_rows):
+        hits = np.flatnonzero(np.isin(id_hashes([doc_id for _, doc_id, _ in batch]), repeated))
         for i in hits:
             number, doc_id, _ = batch[i]
             lines[doc_id].append(number)
@@ -225,14 +213,14 @@ def prepare(
     if batch_rows < 1:
         raise ValueError(f"batch_rows must be positive, got {batch_rows}")
     data_dir = Path(data_dir)
-    splits = _split_list(splits)
+    splits = split_list(splits)
     if not data_dir.is_dir():
         raise InputError(data_dir, f"data directory {str(data_dir)!r} does not exist; {DATA_DIR_HINT}")
     collection, queries_paths, qrels_paths = resolve_files(data_dir, dataset, files, splits)
-    _require(collection, "collection file (`files.collection`)")
+    require(collection, "collection file (`files.collection`)")
     for key, paths in (("queries", queries_paths), ("qrels", qrels_paths)):
         for split, path in paths.items():
-            _require(path, f"{key} file of split {split!r} (`files.{key}.{split}`)")
+            require(path, f"{key} file of split {split!r} (`files.{key}.{split}`)")
 
     queries = {split: read_queries(path) for split, path in queries_paths.items()}
     qrels = {split: read_qrels(path, split, set(queries[split]["query_id"]), queries_paths[split])
