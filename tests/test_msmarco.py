@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pairdistill import io
-from pairdistill.loaders import msmarco
+from pairdistill.loaders import common, msmarco
 from pairdistill.data import input_files, prepare
 from pairdistill.errors import InputError
 
@@ -175,10 +175,25 @@ def test_colliding_hashes_are_not_duplicates(tmp_path, monkeypatch):
     make_msmarco(tmp_path)
     run(tmp_path)
     expected = artifacts(tmp_path)
-    monkeypatch.setattr(msmarco, "id_hashes", lambda ids: np.zeros(len(ids), dtype=np.uint64))
+    collide(monkeypatch)
     run(tmp_path, batch_rows=4)
     for before, after in zip(expected, artifacts(tmp_path)):
         pd.testing.assert_frame_equal(after, before)
+
+
+def collide(monkeypatch):
+    """Every id hashes to 0, in the collection pass and in the rescan for the ids behind a repeat."""
+    zeros = lambda ids: np.zeros(len(ids), dtype=np.uint64)  # noqa: E731
+    monkeypatch.setattr(msmarco, "id_hashes", zeros)
+    monkeypatch.setattr(common, "id_hashes", zeros)
+
+
+def test_a_true_duplicate_among_colliding_hashes_is_found(tmp_path, monkeypatch):
+    ds = make_msmarco(tmp_path)
+    replace_line(ds / "collection.tsv", 26, b"7\tagain")
+    collide(monkeypatch)
+    with pytest.raises(InputError, match=r"collection.tsv:26: duplicate passage id '7' \(first seen on line 8\)"):
+        run(tmp_path, batch_rows=4)
 
 
 def test_input_files(tmp_path):

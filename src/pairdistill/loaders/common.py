@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from itertools import islice
 from pathlib import Path
-from typing import Iterable, Iterator
+from collections import defaultdict
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -130,3 +131,28 @@ def id_hashes(ids: list[str]) -> np.ndarray:
     """64-bit hashes of ids (pandas' SipHash with its fixed key: the same in every run)."""
     return pd.util.hash_array(np.asarray(ids, dtype=object), categorize=False)
 
+
+
+def check_streamed_ids(path: Path, hashes: list[np.ndarray], records: Callable[[], Iterable[tuple]],
+                       batch_rows: int, what: str = "passage") -> None:
+    """Raise for the earliest repeated id of a file streamed in batches, from the ids' ``hashes``.
+
+    ``hashes`` (one array a batch, consumed) are :func:`id_hashes` of every id read, so memory is 8
+    bytes an id. Only when two hashes are equal (rare) is the file read again, through
+    ``records()`` (``(line, id, ...)`` tuples), for the ids behind them: ids that merely collide pass,
+    a true repeat is an error naming both lines.
+    """
+    ordered = np.concatenate(hashes) if hashes else np.empty(0, dtype=np.uint64)
+    hashes.clear()
+    ordered.sort()
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    if not repeated.size:
+        return
+    lines: dict[str, list[int]] = defaultdict(list)
+    for batch in batches(records(), batch_rows):
+        for i in np.flatnonzero(np.isin(id_hashes([record[1] for record in batch]), repeated)):
+            lines[batch[i][1]].append(batch[i][0])
+    repeats = [(numbers[1], numbers[0], record_id) for record_id, numbers in lines.items() if len(numbers) > 1]
+    if repeats:
+        second, first, record_id = min(repeats)
+        raise InputError(path, f"duplicate {what} id {record_id!r} (first seen on line {first})", second)

@@ -22,7 +22,6 @@ unless every input passes.
 from __future__ import annotations
 
 import warnings
-from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -32,8 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pairdistill import io
-from pairdistill.loaders.common import (DATA_DIR_HINT, batches, collect_queries, id_hashes, is_int, numbered_lines,
-                                        qrels_frame, remember_judgement, require, split_list)
+from pairdistill.loaders.common import (DATA_DIR_HINT, batches, check_streamed_ids, collect_queries, id_hashes, is_int,
+                                        numbered_lines, qrels_frame, remember_judgement, require, split_list)
 from pairdistill.errors import InputError
 
 FILE_KEYS = ("collection", "queries", "qrels")
@@ -164,32 +163,10 @@ def write_collection(
             documents += len(ids)
     # skipped passages keep their ids: a later passage reusing one is still a duplicate
     hashes.append(id_hashes(skipped))
-    ordered = np.concatenate(hashes)
-    hashes.clear()
-    ordered.sort()
-    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
-    if repeated.size:
-        _raise_duplicate(path, repeated, batch_rows)
+    check_streamed_ids(path, hashes, lambda: _tsv_records(path, "passage"), batch_rows)
     if not documents:
         raise InputError(path, "collection holds no passages")
     return documents, set(skipped), found
-
-
-def _raise_duplicate(path: Path, repeated: np.ndarray, batch_rows: int) -> None:
-    """Rescan for the ids behind the ``repeated`` hashes and raise for the earliest true repeat.
-
-    Only reached when two hashes are equal (rare); ids that merely collide pass.
-    """
-    lines: dict[str, list[int]] = defaultdict(list)
-    for batch in batches(_tsv_records(path, "passage"), batch_rows):
-        hits = np.flatnonzero(np.isin(id_hashes([doc_id for _, doc_id, _ in batch]), repeated))
-        for i in hits:
-            number, doc_id, _ = batch[i]
-            lines[doc_id].append(number)
-    repeats = [(numbers[1], numbers[0], doc_id) for doc_id, numbers in lines.items() if len(numbers) > 1]
-    if repeats:
-        second, first, doc_id = min(repeats)
-        raise InputError(path, f"duplicate passage id {doc_id!r} (first seen on line {first})", second)
 
 
 def prepare(

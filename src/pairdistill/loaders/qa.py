@@ -19,7 +19,6 @@ import csv
 import json
 import sys
 import warnings
-from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
@@ -29,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pairdistill import io
-from pairdistill.loaders.common import batches, collect_queries, id_hashes, require
+from pairdistill.loaders.common import batches, check_streamed_ids, collect_queries, id_hashes, require
 from pairdistill.errors import InputError
 
 PASSAGES_HEADER = ["id", "text", "title"]
@@ -105,25 +104,10 @@ def write_passages(path: str | Path, out: str | Path, batch_rows: int = 100_000)
                 hashes.append(id_hashes(ids))
                 documents += len(ids)
         hashes.append(id_hashes(skipped))
-        ordered = np.sort(np.concatenate(hashes))
-        repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
-        if repeated.size:
-            _raise_duplicate(path, repeated, batch_rows)
+        check_streamed_ids(path, hashes, lambda: _passage_records(path), batch_rows)
         if not documents:
             raise InputError(path, "passages file holds no passages")
     return {"documents": documents, "skipped_empty": len(skipped)}
-
-
-def _raise_duplicate(path: Path, repeated: np.ndarray, batch_rows: int) -> None:
-    """Rescan for the ids behind the ``repeated`` hashes and raise for the earliest true repeat."""
-    lines: dict[str, list[int]] = defaultdict(list)
-    for batch in batches(_passage_records(path), batch_rows):
-        for i in np.flatnonzero(np.isin(id_hashes([doc_id for _, doc_id, _, _ in batch]), repeated)):
-            lines[batch[i][1]].append(batch[i][0])
-    repeats = [(numbers[1], numbers[0], doc_id) for doc_id, numbers in lines.items() if len(numbers) > 1]
-    if repeats:
-        second, first, doc_id = min(repeats)
-        raise InputError(path, f"duplicate passage id {doc_id!r} (first seen on line {first})", second)
 
 
 def parse_answers(path: Path, raw: str, number: int) -> list[str]:
