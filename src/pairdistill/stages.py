@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -739,9 +740,15 @@ def pair_accuracy(student_run_path: str, pointwise_run_path: str, qrels_path: st
         pairs_df.to_parquet(tmp, index=False)
     systems = [("iteration 0", 0, "student_right"), (pointwise_system, None, "pointwise_right"),
                (pairwise_system, None, "pairwise_right")]
-    table = pd.DataFrame({"system": [s for s, _, _ in systems], "iteration": [i for _, i, _ in systems],
-                          "eval_set": eval_set, "measure": "PairAcc",
-                          "value": [float(pairs_df[c].mean()) if n else float("nan") for _, _, c in systems]})
+    if n:
+        table = pd.DataFrame({"system": [s for s, _, _ in systems], "iteration": [i for _, i, _ in systems],
+                              "eval_set": eval_set, "measure": "PairAcc",
+                              "value": [float(pairs_df[c].mean()) for _, _, c in systems]})
+    else:  # no accuracy to report: no rows, rather than a NaN the summary would print as a result
+        warnings.warn(f"{qrels_path}: no judged pairs in split {split!r} (no query has a relevant and a "
+                      f"non-relevant passage within {delta} ranks in the top-{depth}); pair accuracy is not "
+                      f"reported", stacklevel=2)
+        table = io.SCHEMAS["metrics"].empty_table().to_pandas()
     table = io.to_table(table.astype({"iteration": "Int32"}), "metrics").to_pandas()
     io.write_table(table, "metrics", metrics_out)
     _log(f"{n} judged pairs within {delta} ranks in the pointwise teacher's top-{depth}:\n" + table.to_string(index=False))
