@@ -78,6 +78,7 @@ rule index_lotte:
         reuse=config["index"]["reuse_sample_embeddings"],
         partitions=config["index"].get("num_partitions"),
         seed=config["seed"],
+        **student_params("index"),  # a DPR student's faiss settings; none for ColBERT
     log:
         "logs/index_lotte/iter-{it}/{lotte}.log",
     benchmark:
@@ -89,7 +90,7 @@ rule index_lotte:
         PD + " index --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --out {output:q}"
         " --nbits {params.nbits} --doc-maxlen {params.doc_maxlen} --kmeans-niters {params.kmeans_niters}"
         " --reuse-sample-embeddings {params.reuse} --num-partitions {params.partitions} --seed {params.seed}"
-        " > {log} 2>&1"
+        + student_flags("index") + " > {log} 2>&1"
 
 
 rule index_qa:
@@ -106,6 +107,7 @@ rule index_qa:
         reuse=config["index"]["reuse_sample_embeddings"],
         partitions=config["index"].get("num_partitions"),
         seed=config["seed"],
+        **student_params("index"),  # a DPR student's faiss settings; none for ColBERT
     log:
         "logs/index_qa/iter-{it}/{qa_passages}.log",
     benchmark:
@@ -117,7 +119,7 @@ rule index_qa:
         PD + " index --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --out {output:q}"
         " --nbits {params.nbits} --doc-maxlen {params.doc_maxlen} --kmeans-niters {params.kmeans_niters}"
         " --reuse-sample-embeddings {params.reuse} --num-partitions {params.partitions} --seed {params.seed}"
-        " > {log} 2>&1"
+        + student_flags("index") + " > {log} 2>&1"
 
 
 rule evaluate_lotte:

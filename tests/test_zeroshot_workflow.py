@@ -9,7 +9,7 @@ import pytest
 
 from test_lotte import write_topic
 from test_qa import PASSAGES, QUESTIONS
-from workflow import DATA_DIR, dry_run, planned_jobs, snakemake, write_config
+from workflow import DATA_DIR, REPO, dry_run, planned_jobs, snakemake, write_config
 
 NEW_RULES = {"prepare_lotte", "index_lotte", "evaluate_lotte", "prepare_qa_passages", "prepare_qa", "index_qa",
              "evaluate_qa"}
@@ -75,6 +75,21 @@ def test_named_sets_add_their_jobs_and_nothing_else(tmp_path, zero_shot):
     index_qa = next(line for line in out.splitlines() if " index --checkpoint results/iter-0/checkpoint" in line
                     and "qa/wiki" in line)
     assert "--doc-maxlen 180" in index_qa
+
+
+def test_a_dpr_student_indexes_every_evaluation_collection_with_its_faiss_settings(tmp_path, zero_shot):
+    """Each index job of a DPR run, LoTTE's and QA's as the training collection's, builds the
+    configured faiss index (an IVF one here), not the flat default of the command line."""
+    ivf = {"index": {"dpr": {"type": "ivf", "nlist": 64, "nprobe": 8}}}
+    overlay = write_config(tmp_path / "z.yaml", _overlay(**_sections(zero_shot), **ivf))
+    proc = snakemake(tmp_path, "-n", "--printshellcmds",
+                     configfiles=(REPO / "configs" / "dpr-scifact.yaml", overlay))  # the overlay last: over it
+    index = [line for line in proc.stdout.splitlines() if " -m pairdistill --threads" in line and " index " in line]
+    assert {next(p for p in ("/lotte/", "/qa/", "results/iter-") if p in line) for line in index} == {
+        "/lotte/", "/qa/", "results/iter-"}
+    assert len(index) == 3 + 6 + 3  # the training collection, 2 LoTTE topics and 1 QA collection, 3 retrievers each
+    assert all(line.endswith(("--dpr-index ivf --dpr-nlist 64 --dpr-nprobe 8 > " + line.rsplit(" > ", 1)[1]))
+               for line in index)
 
 
 @pytest.mark.parametrize("sections, line", [
