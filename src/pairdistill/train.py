@@ -852,7 +852,7 @@ def train(checkpoint_in: str, checkpoint_out: str | Path, loss_out: str | Path, 
         print(f"training on {n_total} groups: {total} steps of {batch_size} queries x {nway} passages"
               f"{f' ({world} processes of {local_b})' if world > 1 else ''}, precision {precision}"
               f"{f', micro-batches of {micro_batch}' if micro_batch and micro_batch < local_b else ''}"
-              f", contrastive negatives: {contrastive_negatives}"
+              f"{f', contrastive negatives: {contrastive_negatives}' if use_labels else ', no labels (L_ZS)'}"
               f"{f', a {kind.arch} student' if kind is not COLBERT else ''}", flush=True)
         if state_dir is not None:
             print(f"keeping a resumable state in {state_dir} every {save_every} steps", flush=True)

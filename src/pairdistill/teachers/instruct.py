@@ -180,9 +180,17 @@ def _next_token_logits(model, batch: dict, keep_last: bool) -> torch.Tensor:
     return logits[torch.arange(logits.shape[0], device=logits.device), last]
 
 
+@dataclass
 class _Instruct:
     """What both instruction scorers add to the reranker scorers: the prompt, the label ids, and
-    which end of the model the answer is read from."""
+    which end of the model the answer is read from. Its fields follow the loaded teacher's in
+    each scorer (dataclass fields gather from the last base first)."""
+
+    prompt: str = ""
+    labels: tuple[str, str] = ("", "")
+    label_ids: tuple[int, int] = (0, 0)
+    causal: bool = False
+    keep_last: bool = False
 
     def _label_logits(self, batch: dict) -> torch.Tensor:
         if self.causal:
@@ -199,11 +207,6 @@ class _Instruct:
 class InstructPointwiseScorer(_Instruct, PointwiseScorer):
     """``score(queries, docs)``: log P(labels[0]) over the two label words, per pair."""
 
-    prompt: str = ""
-    labels: tuple[str, str] = ("", "")
-    label_ids: tuple[int, int] = (0, 0)
-    causal: bool = False
-    keep_last: bool = False
     kind = "pointwise"
 
     def encode(self, queries: Sequence[str], docs: Sequence[str]) -> list[dict]:
@@ -217,11 +220,6 @@ class InstructPointwiseScorer(_Instruct, PointwiseScorer):
 class InstructPairwiseScorer(_Instruct, PairwiseScorer):
     """``prob(queries, docs_a, docs_b)``: P(labels[0]) over the two label words, per triple."""
 
-    prompt: str = ""
-    labels: tuple[str, str] = ("", "")
-    label_ids: tuple[int, int] = (0, 0)
-    causal: bool = False
-    keep_last: bool = False
     kind = "pairwise"
 
     def encode(self, queries, docs_a, docs_b) -> list[dict]:
