@@ -215,6 +215,13 @@ def rebased(kind):
     return bool(config["teachers"][kind].get("rebase", False))
 
 
+def rebase_reuse(kind):
+    """The re-based teacher whose corpus embeddings re-basing ``kind`` may reuse: the pointwise
+    one, for the pairwise teacher, when both are re-based (a fusion-pairwise teacher holds its
+    pointwise teacher's bi-encoders); rebase_fusion checks that they match before using them."""
+    return ["results/teachers/pointwise/model"] if kind == "pairwise" and rebased("pointwise") else []
+
+
 FIT_METHODS = {"pointwise": ("cross-encoder", "fusion"), "pairwise": ("bert-pairwise", "fusion-pairwise")}
 FAMILIES = {"pointwise": ("auto", "cross-encoder", "monot5", "fusion", "instruct-pointwise"),
             "pairwise": ("auto", "bert-pairwise", "duot5", "fusion-pairwise", "instruct-pairwise")}

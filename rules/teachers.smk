@@ -137,14 +137,19 @@ if fit_method("pairwise") == "fusion-pairwise" and not rebased("pairwise"):
 rule rebase_teacher:
     """Another run's fitted fusion teacher (teachers.{kind}.model, with rebase: true) on this run's
     corpus: BM25 statistics and corpus embeddings recomputed, the fitted weights and bi-encoders kept
-    (pairdistill.fusion.rebase_fusion)."""
+    (pairdistill.fusion.rebase_fusion). With both kinds re-based, the pairwise teacher takes the
+    corpus embeddings of the bi-encoders it shares with the pointwise one from it, instead of
+    encoding the corpus a second time."""
     wildcard_constraints:
         kind="|".join(k for k in ("pointwise", "pairwise") if rebased(k)) or "(?!)",
     input:
         source=lambda w: config["teachers"][w.kind]["model"],
         corpus=CORPUS,
+        reuse=lambda w: rebase_reuse(w.kind),
     output:
         model=directory("results/teachers/{kind}/model"),
+    params:
+        reuse=lambda w: "".join(f" --reuse {p}" for p in rebase_reuse(w.kind)),
     log:
         "logs/rebase_teacher/{kind}.log",
     benchmark:
@@ -153,4 +158,5 @@ rule rebase_teacher:
     resources:
         **resources_of("fit_teacher"),
     shell:
-        PD + " rebase-fusion --teacher {input.source:q} --corpus {input.corpus:q} --out {output.model:q} > {log} 2>&1"
+        PD + " rebase-fusion --teacher {input.source:q} --corpus {input.corpus:q} --out {output.model:q}{params.reuse}"
+        " > {log} 2>&1"

@@ -81,6 +81,9 @@ def test_adapt_cranfield_plan(tmp_path, source_run):
     assert spec == {"adapt": {"from": "test", "share": 0.5}, "heldout": {"from": "test", "rest_of": ["adapt"]}}
     rebase = sorted(_commands(out, "rebase-fusion"))
     assert [f"--teacher {source_run}/teachers/{k}/model" in c for c, k in zip(rebase, ("pairwise", "pointwise"))] == [True] * 2
+    # the pairwise teacher takes the corpus embeddings of the re-based pointwise one (its input)
+    assert rebase[0].endswith("--reuse results/teachers/pointwise/model > logs/rebase_teacher/pairwise.log 2>&1")
+    assert "--reuse" not in rebase[1]
     init = _commands(out, "init-checkpoint")[0]
     assert f"--base {source_run}/iter-2/checkpoint" in init and "--projection random" in init
     for cmd in _commands(out, "train"):

@@ -204,3 +204,16 @@ def test_scores_do_not_depend_on_the_other_passages_scored(fitted):
     alone = feats.score([q], [texts[20]])
     among = feats.score([q] * 4 + ["another query"], texts[18:22] + [texts[20]])
     assert alone[0] == among[2]
+
+
+def test_unseen_pairs_sharing_texts_score_as_each_pair_alone(fitted):
+    """A batch of unseen pairs that repeat queries and passages (each text encoded once) gives
+    every pair the score it has when scored by itself."""
+    feats = fusion.Features(fitted["dir"] / "pointwise", device="cpu")
+    q = [fitted["queries"]["q3-1"], fitted["queries"]["q0-0"]]
+    d = [t + " " for t in fitted["texts"][10:13]]  # outside the corpus
+    queries, docs = [q[0], q[0], q[1], q[1], q[0]], [d[0], d[1], d[0], d[2], d[0]]
+    together = feats.matrix(queries, docs)
+    alone = np.concatenate([feats.matrix([a], [b]) for a, b in zip(queries, docs)])
+    np.testing.assert_array_equal(together, alone)
+    np.testing.assert_array_equal(together[0], together[4])

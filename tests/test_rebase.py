@@ -74,6 +74,32 @@ def test_rebased_on_its_own_corpus_it_is_the_fitted_teacher(source, tmp_path):
     np.testing.assert_array_equal(a.score(q * 2, docs), b.score(q * 2, docs))
 
 
+
+def test_the_pairwise_teacher_takes_the_rebased_pointwise_embeddings(source, tmp_path):
+    """Re-basing the pairwise teacher beside its re-based pointwise teacher links the corpus
+    embeddings of the bi-encoders they share, and scores as it does when it encodes them itself."""
+    point, pair, alone = tmp_path / "point", tmp_path / "pair", tmp_path / "alone"
+    _rebase(source["dir"] / "pointwise", point, _target(), tmp_path)
+    stats = fusion.rebase_fusion(source["dir"] / "pairwise", _target(), _target()["text"].tolist(), pair,
+                                 work_dir=tmp_path / "work2", reuse=point, log=lambda *_: None)
+    assert sorted(stats["embeddings_reused"]) == ["dense:base", "dense:tuned"]
+    for name in ("emb_base.npy", "emb_tuned.npy"):
+        assert os.path.samefile(pair / name, point / name) or \
+            (pair / name).read_bytes() == (point / name).read_bytes()
+    _rebase(source["dir"] / "pairwise", alone, _target(), tmp_path)
+    texts = [t for _, t in TARGET]
+    a, b = (teachers.load_pairwise(str(d), device="cpu") for d in (pair, alone))
+    q = ["airfoil lift"] * 3
+    np.testing.assert_array_equal(a.prob(q, texts[:3], texts[3:]), b.prob(q, texts[:3], texts[3:]))
+    # over other passages, or from a teacher with other bi-encoders, nothing is taken
+    other = _target().iloc[:5]
+    stats = fusion.rebase_fusion(source["dir"] / "pairwise", other, other["text"].tolist(), tmp_path / "other",
+                                 work_dir=tmp_path / "work3", reuse=point, log=lambda *_: None)
+    assert "embeddings_reused" not in stats
+    assert fusion._embedded_by(point, source["dir"] / "pointwise" / "base", 32, [fusion.text_hash(t) for t in texts])
+    assert fusion._embedded_by(point, source["dir"] / "pointwise" / "base", 16,
+                               [fusion.text_hash(t) for t in texts]) is None
+
 def test_bm25_of_a_word_the_source_never_saw(source, tmp_path):
     src = source["dir"] / "pointwise"
     out = tmp_path / "rebased"

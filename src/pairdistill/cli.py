@@ -327,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="the fitted fusion teacher directory (fusion or fusion-pairwise)")
     p.add_argument("--corpus", required=True, help="the new corpus (corpus.parquet)")
     p.add_argument("--out", required=True)
+    p.add_argument("--reuse", default=None, help="a teacher re-based on this corpus already (the pointwise one): "
+                                                 "the corpus embeddings of the bi-encoders both share are taken from it")
 
     p = sub.add_parser("corpus-baselines", help="BM25, bi-encoder and fused teacher over the whole corpus")
     for name in ("--teacher", "--queries", "--qrels", "--out-dir", "--split", "--eval-set"):
@@ -475,7 +477,7 @@ def run(a: argparse.Namespace):
                                     pairwise_precision=a.precision, pairwise_prompt=a.prompt,
                                     pairwise_labels=a.labels)
     if s == "rebase-fusion":
-        return stages.rebase_fusion_teacher(a.teacher, a.corpus, a.out)
+        return stages.rebase_fusion_teacher(a.teacher, a.corpus, a.out, a.reuse)
     if s == "corpus-baselines":
         return stages.corpus_baselines(a.teacher, a.queries, a.qrels, a.out_dir, split=a.split, k=a.k,
                                        measures=a.measures, eval_set=a.eval_set)

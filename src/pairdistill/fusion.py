@@ -318,7 +318,13 @@ class Features:
         if name == "bm25":
             return np.array([self._bm25.score_text(q, d) for q, d in zip(queries, docs)])
         enc, _ = self._dense[name]
-        return (enc.encode(queries, batch_size=1) * enc.encode(docs, batch_size=1)).sum(axis=1)
+        # each distinct text once (a query has up to top-k unseen passages, a passage several
+        # queries), one at a time as everywhere: a text's vector does not depend on its batch
+        q_texts, q_of = np.unique(np.asarray(queries, dtype=object), return_inverse=True)
+        d_texts, d_of = np.unique(np.asarray(docs, dtype=object), return_inverse=True)
+        q_vec = enc.encode(q_texts.tolist(), batch_size=1)
+        d_vec = enc.encode(d_texts.tolist(), batch_size=1)
+        return (q_vec[q_of.ravel()] * d_vec[d_of.ravel()]).sum(axis=1)
 
     def score(self, queries: Sequence[str], docs: Sequence[str], progress_label: str | None = None) -> np.ndarray:
         """The fused pointwise score sum_k w_k z_k per pair, float32."""
@@ -461,8 +467,8 @@ def fit_fusion(corpus: pd.DataFrame, texts: Sequence[str], queries: dict[str, st
     start = time.monotonic()
     doc_ids = corpus["doc_id"].tolist()
     row = {d: i for i, d in enumerate(doc_ids)}
-    pd.DataFrame({"doc_id": doc_ids, "text_hash": [text_hash(t) for t in texts]}).to_parquet(
-        work / "doc_ids.parquet", index=False)
+    hashes = [text_hash(t) for t in texts]
+    pd.DataFrame({"doc_id": doc_ids, "text_hash": hashes}).to_parquet(work / "doc_ids.parquet", index=False)
     bm25 = BM25.build(texts)
     bm25.save(work)
     base_path = runtime.resolve_model(init)
@@ -565,7 +571,7 @@ def fit_fusion(corpus: pd.DataFrame, texts: Sequence[str], queries: dict[str, st
 
 
 def rebase_fusion(src_dir: str | Path, corpus: pd.DataFrame, texts: Sequence[str], out_dir: str | Path, *,
-                  work_dir: str | Path, log=print) -> dict:
+                  work_dir: str | Path, reuse: str | Path | None = None, log=print) -> dict:
     """A fitted fusion teacher (``fusion`` or ``fusion-pairwise``) re-based on another corpus into
     ``out_dir``.
 
@@ -580,7 +586,12 @@ def rebase_fusion(src_dir: str | Path, corpus: pd.DataFrame, texts: Sequence[str
     tokeniser) and the corpus embeddings of every dense feature (its bi-encoder as fitted, its
     document token budget); the z-normalisation then runs over the new corpus at scoring time.
     What was fitted is kept as it is: the features, their weights (and a pairwise teacher's pair
-    weights), the fine-tuned bi-encoder. The metadata records the source and its fingerprint."""
+    weights), the fine-tuned bi-encoder. The metadata records the source and its fingerprint.
+
+    ``reuse``: a teacher already re-based on this corpus (the pointwise one, when re-basing the
+    pairwise teacher that shares its bi-encoders): a dense feature whose bi-encoder (same files)
+    and passage budget it has, over the same passages, takes its corpus embeddings instead of
+    encoding the corpus again."""
     src = Path(src_dir)
     meta = json.loads((src / META_FILE).read_text()) if (src / META_FILE).is_file() else {}
     if meta.get("family") not in (POINTWISE_FAMILY, PAIRWISE_FAMILY):
@@ -589,8 +600,8 @@ def rebase_fusion(src_dir: str | Path, corpus: pd.DataFrame, texts: Sequence[str
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     doc_ids = corpus["doc_id"].tolist()
-    pd.DataFrame({"doc_id": doc_ids, "text_hash": [text_hash(t) for t in texts]}).to_parquet(
-        work / "doc_ids.parquet", index=False)
+    hashes = [text_hash(t) for t in texts]
+    pd.DataFrame({"doc_id": doc_ids, "text_hash": hashes}).to_parquet(work / "doc_ids.parquet", index=False)
     files: dict[str, Path] = {"doc_ids.parquet": work / "doc_ids.parquet"}
     stats: dict = {"documents": len(doc_ids)}
     if "bm25" in meta["features"]:
@@ -607,7 +618,14 @@ def rebase_fusion(src_dir: str | Path, corpus: pd.DataFrame, texts: Sequence[str
             continue
         spec = meta["dense"][name]
         files[spec["model"]] = src / spec["model"]
-        enc = BiEncoder(str(src / spec["model"]), int(spec.get("doc_max_length", spec["query_max_length"])))
+        doc_max_length = int(spec.get("doc_max_length", spec["query_max_length"]))
+        done = _embedded_by(Path(reuse), src / spec["model"], doc_max_length, hashes) if reuse else None
+        if done is not None:
+            files[spec["embeddings"]] = done
+            stats.setdefault("embeddings_reused", {})[name] = str(done)
+            log(f"rebase: corpus embeddings of {name} taken from {done} (the same bi-encoder, passages and budget)")
+            continue
+        enc = BiEncoder(str(src / spec["model"]), doc_max_length)
         np.save(work / spec["embeddings"], enc.encode(texts, progress_label=f"embed corpus ({name})"))
         files[spec["embeddings"]] = work / spec["embeddings"]
     for extra in ("queries_split.json",):  # the source's fitting queries, kept for the record
@@ -621,6 +639,23 @@ def rebase_fusion(src_dir: str | Path, corpus: pd.DataFrame, texts: Sequence[str
     _write_dir(Path(out_dir), out_meta, files)
     stats["seconds"] = time.monotonic() - start
     return stats
+
+
+def _embedded_by(teacher: Path, model: Path, doc_max_length: int, hashes: list[str]) -> Path | None:
+    """The corpus embeddings file of ``teacher`` made by the bi-encoder ``model`` (the same files)
+    with ``doc_max_length`` over the passages of ``hashes`` (in order), if it has one."""
+    meta_path = teacher / META_FILE
+    if not meta_path.is_file() or not (teacher / "doc_ids.parquet").is_file():
+        return None
+    if pd.read_parquet(teacher / "doc_ids.parquet", columns=["text_hash"])["text_hash"].tolist() != hashes:
+        return None
+    wanted = runtime.model_fingerprint(str(model))
+    for spec in json.loads(meta_path.read_text()).get("dense", {}).values():
+        same_budget = int(spec.get("doc_max_length", spec["query_max_length"])) == doc_max_length
+        if same_budget and (teacher / spec["embeddings"]).is_file() and \
+                runtime.model_fingerprint(str(teacher / spec["model"])) == wanted:
+            return teacher / spec["embeddings"]
+    return None
 
 
 PAIR_FEATURE_SETS = ("margin", "cross")

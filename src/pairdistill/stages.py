@@ -251,16 +251,18 @@ def fit_fusion_teacher(kind: str, corpus_path: str, queries_path: str, qrels_pat
     return stats
 
 
-def rebase_fusion_teacher(teacher: str, corpus_path: str, out: str) -> dict:
+def rebase_fusion_teacher(teacher: str, corpus_path: str, out: str, reuse: str | None = None) -> dict:
     """A fitted fusion teacher of another run re-based on this run's corpus
     (:func:`pairdistill.fusion.rebase_fusion`): BM25 statistics and corpus embeddings recomputed,
-    the fitted weights and bi-encoders kept."""
+    the fitted weights and bi-encoders kept; ``reuse``, a teacher re-based on this corpus already,
+    lends the corpus embeddings of the bi-encoders both share."""
     from . import fusion
 
     corpus = io.read_table(corpus_path, "corpus")
     texts = list(_texts(corpus).values())
     work = Path(out).parent / f".{Path(out).name}.work"
-    stats = fusion.rebase_fusion(runtime.resolve_model(teacher), corpus, texts, out, work_dir=work, log=_log)
+    stats = fusion.rebase_fusion(runtime.resolve_model(teacher), corpus, texts, out, work_dir=work, reuse=reuse,
+                                 log=_log)
     shutil.rmtree(work, ignore_errors=True)
     _log(json.dumps(stats, default=float))
     return stats
