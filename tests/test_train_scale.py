@@ -11,9 +11,7 @@ same RNG state, which is what its RNG replay guarantees.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
-import sys
 from pathlib import Path
 
 import numpy as np

@@ -275,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.out is None:
         ap.error("--out is required")
     nway = a.nway or (64 if a.device.startswith("cuda") else 8)
-    table = run(a.out, models=a.models, precisions=a.precisions, queries=a.queries, nway=nway,
-                target_nway=a.target_nway, doc_maxlen=a.doc_maxlen, batch_size=a.batch_size, device=a.device,
-                grad_checkpointing=a.grad_checkpointing, threads=a.threads)
+    run(a.out, models=a.models, precisions=a.precisions, queries=a.queries, nway=nway,
+        target_nway=a.target_nway, doc_maxlen=a.doc_maxlen, batch_size=a.batch_size, device=a.device,
+        grad_checkpointing=a.grad_checkpointing, threads=a.threads)
     print((a.out / "train_memory.md").read_text())
     return 0
 
