@@ -201,3 +201,31 @@ def test_a_data_parallel_job_claims_its_gpus_all_or_none(tmp_path, holders):
     # waiting for all three took none of the two free ones
     again = runtime.claim_gpus(2, ["0", "1", "2"], tmp_path, poll_s=0.05, timeout_s=5)
     assert sorted(again) == sorted(got)
+
+
+def test_a_light_job_never_imports_torch_and_threads_still_reach_it(tmp_path):
+    """gather (and the other jobs that need no model) skip torch's import; --threads set before
+    torch is imported still caps torch's threads when a stage imports it later."""
+    import pandas as pd
+
+    from pairdistill import io
+
+    shards = []
+    for i in range(2):
+        shards.append(tmp_path / f"shard-{i}.parquet")
+        io.write_table(pd.DataFrame({"query_id": [f"q{i}"], "doc_id": ["d"], "rank": [1], "score": [1.0]}),
+                       "run", shards[-1])
+    code = (
+        "import sys\n"
+        "from pairdistill import cli, runtime\n"
+        f"cli.main(['--threads', '1', 'gather', '--shards', {str(shards[0])!r}, {str(shards[1])!r},"
+        f" '--schema', 'run', '--out', {str(tmp_path / 'run.parquet')!r}])\n"
+        "assert 'torch' not in sys.modules, 'gather imported torch'\n"
+        "import torch\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "1"
+    assert len(pd.read_parquet(tmp_path / "run.parquet")) == 2

