@@ -15,6 +15,7 @@ try:  # an unknown key, a shared key, a colliding name, a refused value: one lin
     ABLATIONS = ablation_settings.requested(config, VARIANTS)
     _UPSTREAM = ablation_settings.upstream_configs(config)  # every declared one's: name -> complete config
     UPSTREAM_CONFIGS = {name: c for name, c in _UPSTREAM.items() if name in ABLATIONS}
+    SHARED_STAGES = ablation_settings.shared_stages(config)  # upstream name -> stages taken from the full run
 except ValueError as exc:
     raise WorkflowError(str(exc)) from None
 for _name in ABLATIONS:  # micro_batch, precision, ... against the training resources, as the full method's
@@ -44,6 +45,58 @@ def _module_names():
 MODULE_NAMES = _module_names()
 
 
+# The rules of each stage an upstream variant may share (ablations.SHARED_STAGE_READS): left out of
+# its module when its settings leave the stage as it is, which rules ablation_shared_* replace by
+# links to the full method's outputs. Those rules exist in the variant's module exactly as here:
+# the settings that decide which teacher rules exist are the ones a shared stage reads.
+SHARED_STAGE_RULES = {
+    "data": ["prepare"],
+    "teachers": ["mine_negatives", "fit_teacher", "fit_fusion_pointwise", "fit_fusion_pairwise", "rebase_teacher"],
+}
+SHARED_TEACHER_KINDS = [k for k in ("pointwise", "pairwise") if teacher_fitted(k) or rebased(k)]
+
+
+def _sharing(stage):
+    names = [re.escape(v) for v in UPSTREAM_CONFIGS if stage in SHARED_STAGES[v]]
+    return "|".join(names) or "(?!)"
+
+
+rule ablation_shared_data:
+    """An upstream variant whose settings do not reach the data takes the full method's files."""
+    input:
+        "results/data/{name}.parquet",
+    output:
+        "results/ablations/{variant}/data/{name}.parquet",
+    wildcard_constraints:
+        variant=_sharing("data"),
+        name="corpus|queries|qrels",
+    log:
+        "logs/ablations/{variant}/shared/data-{name}.log",
+    threads: 1
+    shell:
+        PD + " link --src {input:q} --out {output:q} > {log} 2>&1"
+
+
+rule ablation_shared_teacher:
+    """An upstream variant whose settings do not reach the teachers takes the full method's fitted
+    (or re-based) teacher directories."""
+    input:
+        "results/teachers/{kind}/model",
+    output:
+        directory("results/ablations/{variant}/teachers/{kind}/model"),
+    wildcard_constraints:
+        variant=_sharing("teachers"),
+        kind="|".join(SHARED_TEACHER_KINDS) or "(?!)",
+    log:
+        "logs/ablations/{variant}/shared/teacher-{kind}.log",
+    threads: 1
+    shell:
+        PD + " link --src {input:q} --out {output:q} > {log} 2>&1"
+
+
+localrules: ablation_shared_data, ablation_shared_teacher
+
+
 for _name, _config in UPSTREAM_CONFIGS.items():
     # The workflow once more, with the variant's config; every relative path it writes moves from
     # results/ (logs/, benchmarks/) to results/ablations/<variant>/ (...), input functions included.
@@ -54,8 +107,9 @@ for _name, _config in UPSTREAM_CONFIGS.items():
         config=_config,
         replace_prefix={f"{d}/": f"{d}/ablations/{_name}/" for d in ("results", "logs", "benchmarks")},
     )
-    workflow.userule(rules=["*"], from_module=MODULE_NAMES[_name], name_modifier=f"{MODULE_NAMES[_name]}_*")(
-        lambda: None)
+    workflow.userule(rules=["*"], from_module=MODULE_NAMES[_name], name_modifier=f"{MODULE_NAMES[_name]}_*",
+                     exclude_rules=[r for stage in SHARED_STAGES[_name] for r in SHARED_STAGE_RULES[stage]
+                                    if r in workflow._rules])(lambda: None)
 
 
 def ablation_dir(variant, it):

@@ -442,6 +442,15 @@ def teacher_model(kind):
     return f"results/teachers/{kind}/model" if own else config["teachers"][kind]["model"]
 
 
+def teacher_model_param(kind=None):
+    """A scoring job's --model: its teacher input's path when the teacher is this run's (fitted
+    or re-based), else the configured model. Read from the input, the path moves with the
+    workflow when an ablation variant includes it as a module (params are not moved); for this
+    workflow the value is teacher_model's, so finished jobs keep their params. ``kind`` None: the
+    job's {kind} wildcard."""
+    return lambda w, input: input.teacher[0] if input.teacher else teacher_model(kind or w.kind)
+
+
 def teacher_input(kind):
     """The fitted (or re-based) teacher is a DAG input; a hub id or external path is a parameter only."""
     return [f"results/teachers/{kind}/model"] if teacher_fitted(kind) or rebased(kind) else []

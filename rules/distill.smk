@@ -15,7 +15,7 @@ rule pointwise:
         "results/iter-{it}/pointwise/shard-{shard}.parquet",
     params:
         split=config["train_split"],
-        model=teacher_model("pointwise"),
+        model=teacher_model_param("pointwise"),
         t=teacher_settings("pointwise", "family", "max_length", "add_positives", "precision"),
     log:
         "logs/pointwise/iter-{it}/shard-{shard}.log",
@@ -65,7 +65,7 @@ rule pairwise:
     output:
         "results/iter-{it}/pairwise/shard-{shard}.parquet",
     params:
-        model=teacher_model("pairwise"),
+        model=teacher_model_param("pairwise"),
         t=teacher_settings("pairwise", "family", "max_length", "both_orders", "precision"),
     log:
         "logs/pairwise/iter-{it}/shard-{shard}.log",

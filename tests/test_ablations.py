@@ -329,7 +329,9 @@ def test_upstream_variant_reruns_what_its_setting_feeds(done):
     module = "ablation_delta_5_"  # the variant's rules: the workflow's own, renamed
     counts = Counter(rule.removeprefix(module) for rule, _ in jobs if rule.startswith(module))
     full_counts = Counter(rule for rule, _ in full)
-    needed = {"prepare", "init_checkpoint", "fit_fusion_pointwise", "fit_fusion_pairwise", "index", "retrieve",
+    # pairs.delta reaches the fusion-pairwise fit (its judged pairs), not the data: the data are
+    # the full method's files, linked; the teachers are fitted again
+    needed = {"init_checkpoint", "fit_fusion_pointwise", "fit_fusion_pairwise", "index", "retrieve",
               "pointwise", "sample_pairs", "pairwise", "gather", "train", "evaluate"}
     assert set(counts) == needed
     for rule in needed - {"gather", "evaluate"}:  # everything the full method's rounds ran, again
@@ -338,18 +340,67 @@ def test_upstream_variant_reruns_what_its_setting_feeds(done):
     # the training-only variant as before; nothing of the full method's run
     others = Counter(rule for rule, _ in jobs if not rule.startswith(module))
     assert others == {"ablation_train": 2, "ablation_index": 2, "ablation_evaluate": 2, "ablation_table": 1,
-                      "ablation_figure": 1}
+                      "ablation_figure": 1, "ablation_shared_data": 3}
+    shared = sorted(outs[0] for rule, outs in jobs if rule == "ablation_shared_data")
+    assert shared == [f"results/ablations/delta-5/data/{n}.parquet" for n in ("corpus", "qrels", "queries")]
     for rule, outputs in jobs:
         if rule.startswith(module):
             assert all(o.startswith("results/ablations/delta-5/") for o in outputs), (rule, outputs)
     commands = snakemake(workdir, "-n", "-p", "ablations", "--config", UPSTREAM, configfiles=(cfg,)).stdout
     samples = [line for line in commands.splitlines() if " sample-pairs " in line]
     assert len(samples) == 2 and all(" --delta 5 " in line for line in samples)
+    # its pairs are scored by its own pairwise teacher (fitted again), not the full method's
+    scoring = [line for line in commands.splitlines() if " pairwise --pairs results/ablations/delta-5/" in line]
+    assert len(scoring) == 2 and all("--model results/ablations/delta-5/teachers/pairwise/model " in line
+                                     for line in scoring)
     table = next(line for line in commands.splitlines() if " ablation-table " in line)
     assert "--run delta-5 2 test results/ablations/delta-5/iter-2/eval/test/run.parquet" in table
     assert "--run no-kd 2 test results/ablations/no-kd/iter-2/eval/test/run.parquet" in table
     # the default target plans none of it
     assert dry_run(workdir, "--config", UPSTREAM, configfiles=(cfg,)) == []
+
+
+def test_a_variant_takes_the_stages_its_setting_does_not_reach(done):
+    """pairs.per_query reaches neither the data nor the fusion teachers: the variant links both
+    from the full method's run and fits nothing; its first own job is iteration 0's checkpoint."""
+    workdir, cfg, _ = done
+    variant = "ablations={run: [ppq-5], variants: {ppq-5: {pairs: {per_query: 5}}}}"
+    jobs = dry_run(workdir, "ablations", "--config", variant, configfiles=(cfg,))
+    rules = Counter(rule for rule, _ in jobs)
+    assert rules["ablation_shared_data"] == 3 and rules["ablation_shared_teacher"] == 2
+    assert not {r for r in rules if r.endswith(("prepare", "fit_fusion_pointwise", "fit_fusion_pairwise"))}
+    assert rules["ablation_ppq_5_init_checkpoint"] == 1
+    commands = snakemake(workdir, "-n", "-p", "ablations", "--config", variant, configfiles=(cfg,)).stdout
+    links = sorted(line.split(" link ", 1)[1].split(" > ")[0] for line in commands.splitlines() if " link --src" in line)
+    assert links == sorted([f"--src results/data/{n}.parquet --out results/ablations/ppq-5/data/{n}.parquet"
+                            for n in ("corpus", "queries", "qrels")] +
+                           [f"--src results/teachers/{k}/model --out results/ablations/ppq-5/teachers/{k}/model"
+                            for k in ("pointwise", "pairwise")])
+    scoring = [line for line in commands.splitlines() if " pointwise --topk results/ablations/ppq-5/" in line]
+    assert scoring and all("--model results/ablations/ppq-5/teachers/pointwise/model" in line for line in scoring)
+
+
+def test_which_stages_a_variant_shares():
+    import copy
+
+    base = copy.deepcopy(CONFIG)  # the embedded default: fusion teachers, fitted without mining
+    assert base["teachers"]["pointwise"]["fit"]["method"] == "fusion"
+    mining = copy.deepcopy(CONFIG)  # cross-encoder and bert-pairwise fits, on iteration 0's negatives
+    for kind in ("pointwise", "pairwise"):
+        del mining["teachers"][kind]["fit"]["method"]
+
+    def shared(cfg, spec):
+        return ablations.shared_stages({**cfg, "ablations": {"variants": {"v": spec}}})["v"]
+
+    assert shared(base, {"pairs": {"per_query": 5}}) == ["data", "teachers"]
+    assert shared(base, {"student": {"dim": 64}}) == ["data", "teachers"]  # the fusion fit reads no student
+    assert shared(mining, {"student": {"dim": 64}}) == ["data"]  # the mined negatives do
+    assert shared(mining, {"pairs": {"per_query": 5}}) == ["data", "teachers"]
+    assert shared(mining, {"retrieve": {"top_k": 50}}) == ["data"]
+    assert shared(base, {"pairs": {"delta": 5}}) == ["data"]
+    assert shared(base, {"teachers": {"pointwise": {"fit": {"heldout": 0.5}}}}) == ["data"]
+    assert shared(base, {"seed": 7}) == [] and shared(base, {"train_split": "test"}) == []
+    assert "v" not in ablations.shared_stages({**base, "ablations": {"variants": {"v": {"train": {"lr": 1e-3}}}}})
 
 
 def test_paper_config_ablations_evaluate_every_split(tmp_path):

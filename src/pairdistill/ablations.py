@@ -181,6 +181,45 @@ def upstream_configs(config: dict) -> dict[str, dict]:
     return out
 
 
+# The stages before round 1 that an upstream variant may take from the full method's run as they
+# are, and the settings each one reads (a key and everything under it). ``teachers``: fitting or
+# re-basing both teachers. A fusion-pairwise fit reads pairs.delta (its judged pairs), and a
+# cross-encoder or bert-pairwise fit reads the hard negatives that iteration 0 retrieves, hence
+# the student, index and retrieve settings (:func:`shared_stages` adds those only when it mines).
+SHARED_STAGE_READS = {
+    "data": ("train_split", "seed"),
+    "teachers": ("teachers", "seed", "train_split", "pairs.delta"),
+}
+MINING_READS = ("student", "index", "retrieve")
+
+
+def _mines(config: dict) -> bool:
+    """Whether a teacher is fitted on mined negatives (the cross-encoder and bert-pairwise fits)."""
+    default = {"pointwise": "cross-encoder", "pairwise": "bert-pairwise"}
+    for kind, method in default.items():
+        t = config["teachers"][kind]
+        if t.get("model") == "fit" and not t.get("rebase") and (t.get("fit") or {}).get("method", method) == method:
+            return True
+    return False
+
+
+def shared_stages(config: dict) -> dict[str, list[str]]:
+    """Upstream variant -> the stages of :data:`SHARED_STAGE_READS` whose settings it leaves as
+    they are: its run links the full method's outputs of those stages instead of computing them
+    again (the same inputs, settings and code give the same files)."""
+    out = {}
+    for name, changes in _declared(config).items():
+        if all(k.partition(".")[0] == TRAINED for k in changes):
+            continue
+        shared = []
+        for stage, reads in SHARED_STAGE_READS.items():
+            reads = reads + (MINING_READS if stage == "teachers" and _mines(config) else ())
+            if not any(k == r or k.startswith(r + ".") for k in changes for r in reads):
+                shared.append(stage)
+        out[name] = shared
+    return out
+
+
 def requested(config: dict, declared: dict[str, dict]) -> list[str]:
     """The variants to run: ``ablations.run`` (in its order), or every declared one when unset."""
     run = (config.get("ablations") or {}).get("run")

@@ -243,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schema", required=True, choices=("run", "pointwise", "pairs", "pairwise"))
     p.add_argument("--out", required=True)
 
+    p = sub.add_parser("link", help="a finished artifact (file or directory) at another path too, hard-linked")
+    p.add_argument("--src", required=True)
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("train", help="checkpoint n -> n+1 with L_CL + lambda_KD L_KD + lambda_pair L_pair")
     for name in ("--checkpoint", "--corpus", "--queries", "--qrels", "--pointwise", "--pairwise", "--out",
                  "--loss-out", "--split"):
@@ -442,6 +446,10 @@ def run(a: argparse.Namespace):
                                labels=a.labels)
     if s == "gather":
         return stages.gather(a.shards, a.schema, a.out)
+    if s == "link":
+        from . import io
+
+        return io.link_artifact(a.src, a.out)
     if s == "train":
         return stages.train(a.checkpoint, a.corpus, a.queries, a.qrels, a.pointwise, a.pairwise, a.out,
                             a.loss_out, split=a.split, nway=a.nway, use_labels=a.use_labels, seed=a.seed,

@@ -399,27 +399,6 @@ def text_hash(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link (else copy) ``src`` to ``dst``, a directory recursively. Snakemake's markers
-    (``.snakemake_timestamp`` in a directory output) are left out: shared by a hard link, the one
-    Snakemake touches when the job writing ``dst`` ends would also be ``src``'s, and make every
-    consumer of ``src`` look out of date."""
-    import os
-    import shutil
-
-    if src.name.startswith(".snakemake"):
-        return
-    if src.is_dir():
-        dst.mkdir(parents=True, exist_ok=True)
-        for child in src.iterdir():
-            _link_or_copy(child, dst / child.name)
-        return
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def split_heldout(query_ids: Sequence[str], share: float, seed: int) -> tuple[list[str], list[str]]:
     """(fit, held-out) query ids: a seeded ``share`` of the queries is held out."""
     ids = sorted(query_ids)
@@ -440,7 +419,7 @@ def _ndcg10(scores: np.ndarray, rel: np.ndarray) -> float:
 def _write_dir(out_dir: Path, meta: dict, files: dict[str, Path]) -> None:
     with io.atomic_path(out_dir, is_dir=True) as tmp:
         for name, src in files.items():
-            _link_or_copy(src, tmp / name)
+            io.link_or_copy(src, tmp / name)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -484,7 +463,7 @@ def fit_fusion(corpus: pd.DataFrame, texts: Sequence[str], queries: dict[str, st
                 "doc_max_length": max_length}
 
     # the plain fusion's features, for mining negatives and candidate lists
-    _link_or_copy(Path(base_path), work / "base")
+    io.link_or_copy(Path(base_path), work / "base")
     plain_meta = {"kind": "pointwise", "family": POINTWISE_FAMILY, "features": ["bm25", BASE_DENSE],
                   "dense": {BASE_DENSE: dense_meta(BASE_DENSE, "base")}, "weights": [0.0, 1.0],
                   "max_length": max_length}

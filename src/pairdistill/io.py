@@ -131,6 +131,39 @@ def atomic_path(path: str | Path, is_dir: bool = False) -> Iterator[Path]:
         raise
 
 
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """Hard-link (else copy) ``src`` to ``dst``, a directory recursively. Snakemake's markers
+    (``.snakemake_timestamp`` in a directory output) are left out: shared by a hard link, the one
+    Snakemake touches when the job writing ``dst`` ends would also be ``src``'s, and make every
+    consumer of ``src`` look out of date."""
+    src, dst = Path(src), Path(dst)
+    if src.name.startswith(".snakemake"):
+        return
+    if src.is_dir():
+        dst.mkdir(parents=True, exist_ok=True)
+        for child in src.iterdir():
+            link_or_copy(child, dst / child.name)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def link_artifact(src: str | Path, out: str | Path) -> None:
+    """``src`` (a file or a directory) at ``out`` too, hard-linked, written atomically: another
+    run's finished artifact taken as it is (an ablation variant's stage its setting does not reach)."""
+    src = Path(src)
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such artifact to link")
+    with atomic_path(out, is_dir=src.is_dir()) as tmp:
+        if src.is_dir():
+            link_or_copy(src, tmp)
+        else:
+            tmp.unlink()
+            link_or_copy(src, tmp)
+
+
 def _with_metadata(schema: pa.Schema, metadata: dict[str, str] | None) -> pa.Schema:
     if not metadata:
         return schema
