@@ -62,3 +62,23 @@ def test_benchmark_report_reads_flat_and_nested_benchmark_files(tmp_path):
         ("pointwise", "iter-1/shard-000-of-002"), ("pointwise", "iter-1/shard-001-of-002"), ("train", "iter-1")]
     assert jobs["seconds"].sum() == 19.5
     assert "total: 20 s (0.3 min) over 3 jobs" in report(tmp_path)
+
+
+def test_link_artifact_shares_files_and_leaves_out_snakemake_markers(tmp_path):
+    src = tmp_path / "teacher"
+    (src / "sub").mkdir(parents=True)
+    (src / "weights.bin").write_bytes(b"\x00\x01")
+    (src / "sub" / "meta.json").write_text("{}")
+    (src / ".snakemake_timestamp").write_text("")
+    io.link_artifact(src, tmp_path / "variant" / "teacher")
+    out = tmp_path / "variant" / "teacher"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["sub", "sub/meta.json", "weights.bin"]
+    assert (out / "weights.bin").stat().st_ino == (src / "weights.bin").stat().st_ino  # a hard link, not a copy
+    single = tmp_path / "corpus.parquet"
+    single.write_bytes(b"PAR1")
+    io.link_artifact(single, tmp_path / "variant" / "data" / "corpus.parquet")
+    assert (tmp_path / "variant" / "data" / "corpus.parquet").read_bytes() == b"PAR1"
+    assert not list((tmp_path / "variant").rglob("*.tmp"))
+    with pytest.raises(FileNotFoundError, match="no such artifact"):
+        io.link_artifact(tmp_path / "missing", tmp_path / "variant" / "missing")
+    assert not (tmp_path / "variant" / "missing").exists()
