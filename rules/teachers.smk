@@ -149,7 +149,7 @@ rule rebase_teacher:
     output:
         model=directory("results/teachers/{kind}/model"),
     params:
-        reuse=lambda w: "".join(f" --reuse {p}" for p in rebase_reuse(w.kind)),
+        reuse=lambda w, input: "".join(f" --reuse {p}" for p in input.reuse),  # the input's path: moved in a module
     log:
         "logs/rebase_teacher/{kind}.log",
     benchmark:
