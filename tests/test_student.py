@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pairdistill import student
+from pairdistill.students import runs
 
 from workflow import DATA_DIR
 
@@ -149,7 +150,7 @@ def test_a_collections_query_length_and_self_match_rule_travel_with_its_index(ch
     assert own not in set(run.loc[run["query_id"] == own, "doc_id"])
     assert run.groupby("query_id")["rank"].apply(list).tolist() == [[1, 2, 3, 4, 5]] * 2
     # without the rule, the document is its own query's best hit
-    (tmp_path / "idx" / student.SEARCH_SETTINGS).write_text(json.dumps({"drop_self_matches": False}))
+    (tmp_path / "idx" / runs.SEARCH_SETTINGS).write_text(json.dumps({"drop_self_matches": False}))
     kept = student.search(checkpoint, tmp_path / "idx", queries, **kw)
     assert kept.loc[(kept["query_id"] == own) & (kept["rank"] == 1), "doc_id"].tolist() == [own]
 

@@ -155,6 +155,12 @@ def variants(config: dict) -> dict[str, dict]:
     return out
 
 
+def _upstream(config: dict) -> dict[str, dict[str, object]]:
+    """The declared variants that change a setting upstream of training, with their changes."""
+    return {name: changes for name, changes in _declared(config).items()
+            if not all(k.partition(".")[0] == TRAINED for k in changes)}
+
+
 def upstream_configs(config: dict) -> dict[str, dict]:
     """The variants that change a setting upstream of training, each with its complete config:
     the full method's with the variant's changes, and no ablations of its own. Raises ValueError
@@ -164,9 +170,7 @@ def upstream_configs(config: dict) -> dict[str, dict]:
     import jsonschema
 
     out = {}
-    for name, changes in _declared(config).items():
-        if all(k.partition(".")[0] == TRAINED for k in changes):
-            continue
+    for name, changes in _upstream(config).items():
         merged = copy.deepcopy(config)
         for key, value in changes.items():
             parent, _, last = key.rpartition(".")
@@ -208,9 +212,7 @@ def shared_stages(config: dict) -> dict[str, list[str]]:
     they are: its run links the full method's outputs of those stages instead of computing them
     again (the same inputs, settings and code give the same files)."""
     out = {}
-    for name, changes in _declared(config).items():
-        if all(k.partition(".")[0] == TRAINED for k in changes):
-            continue
+    for name, changes in _upstream(config).items():
         shared = []
         for stage, reads in SHARED_STAGE_READS.items():
             reads = reads + (MINING_READS if stage == "teachers" and _mines(config) else ())

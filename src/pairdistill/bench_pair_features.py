@@ -12,26 +12,23 @@ is compared with the margin on the same pairs by a sign test over the pairs wher
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from . import fusion, io, runtime
+from .bench_student import show_table
 
 
 def judged_pairs(teacher_dir: Path, results: Path, split: str, depth: int, delta: int):
     """(z_a, z_b, query index) of every judged pair of the held-out queries, as the fit draws them."""
     feats = fusion.Features(teacher_dir, device="cpu")
-    held = json.loads((teacher_dir / "queries_split.json").read_text())["heldout"]
     queries = io.read_table(results / "data/queries.parquet", "queries")
     text = dict(zip(queries["query_id"], queries["text"]))
     qrels = io.read_table(results / "data/qrels.parquet", "qrels")
     qrels = qrels[(qrels["split"] == split) & (qrels["relevance"] > 0)]
     positives = qrels.groupby("query_id")["doc_id"].apply(set).to_dict()
-    held = [q for q in held if q in text and positives.get(q)]
-    za, zb, group = fusion.heldout_judged_pairs(feats, held, text, positives, depth, delta)
+    za, zb, group, held = fusion.heldout_judged_pairs(feats, text, positives, depth, delta)
     return za, zb, group, feats.weights, len(held)
 
 
@@ -76,12 +73,9 @@ def main(argv=None) -> None:
             wins, losses = int((right & ~margin).sum()), int((~right & margin).sum())
             rows.append({"teacher": f"pairwise, {feature_set}", "l2": l2, "pair_accuracy": right.mean(), "wins": wins,
                          "losses": losses, "p_sign": binomtest(wins, wins + losses).pvalue if wins + losses else np.nan})
-    table = pd.DataFrame(rows)
     print(f"{len(za)} judged pairs of {n_queries} held-out {a.split} queries, {a.folds}-fold by query "
           "(wins/losses: pairs where only the pairwise teacher / only the margin is right)")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if a.out:
-        table.to_csv(a.out, sep="\t", index=False)
+    show_table(rows, a.out)
 
 
 if __name__ == "__main__":

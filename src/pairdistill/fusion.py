@@ -597,7 +597,7 @@ def rebase_fusion(src_dir: str | Path, corpus: pd.DataFrame, texts: Sequence[str
             continue
         spec = meta["dense"][name]
         files[spec["model"]] = src / spec["model"]
-        doc_max_length = int(spec.get("doc_max_length", spec["query_max_length"]))
+        doc_max_length = _doc_max_length(spec)
         done = _embedded_by(Path(reuse), src / spec["model"], doc_max_length, hashes) if reuse else None
         if done is not None:
             files[spec["embeddings"]] = done
@@ -620,6 +620,11 @@ def rebase_fusion(src_dir: str | Path, corpus: pd.DataFrame, texts: Sequence[str
     return stats
 
 
+def _doc_max_length(spec: dict) -> int:
+    """A dense feature's passage token budget (teachers fitted before it was recorded: the query's)."""
+    return int(spec.get("doc_max_length", spec["query_max_length"]))
+
+
 def _embedded_by(teacher: Path, model: Path, doc_max_length: int, hashes: list[str]) -> Path | None:
     """The corpus embeddings file of ``teacher`` made by the bi-encoder ``model`` (the same files)
     with ``doc_max_length`` over the passages of ``hashes`` (in order), if it has one."""
@@ -630,7 +635,7 @@ def _embedded_by(teacher: Path, model: Path, doc_max_length: int, hashes: list[s
         return None
     wanted = runtime.model_fingerprint(str(model))
     for spec in json.loads(meta_path.read_text()).get("dense", {}).values():
-        same_budget = int(spec.get("doc_max_length", spec["query_max_length"])) == doc_max_length
+        same_budget = _doc_max_length(spec) == doc_max_length
         if same_budget and (teacher / spec["embeddings"]).is_file() and \
                 runtime.model_fingerprint(str(teacher / spec["model"])) == wanted:
             return teacher / spec["embeddings"]
@@ -694,11 +699,13 @@ def window_pairs(ranked_rel: np.ndarray, delta: int) -> list[tuple[int, int]]:
     return out
 
 
-def heldout_judged_pairs(feats: Features, held: Sequence[str], query_texts: dict[str, str],
-                         positives: dict, depth: int, delta: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(z_a, z_b, query index) of the judged pairs (a relevant, b not) within ``delta`` ranks of
-    each other in the pointwise teacher's top ``depth`` over the corpus, for each query of ``held``
-    (every one of which has positives)."""
+def heldout_judged_pairs(feats: Features, query_texts: dict[str, str], positives: dict, depth: int,
+                         delta: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(z_a, z_b, query index, held-out queries) of the judged pairs (a relevant, b not) within
+    ``delta`` ranks of each other in the pointwise teacher's top ``depth`` over the corpus, for the
+    teacher's held-out queries (``queries_split.json``) that have a text and positives."""
+    held = json.loads((feats.dir / "queries_split.json").read_text())["heldout"]
+    held = [q for q in held if q in query_texts and positives.get(q)]
     z = feats.query_scores([query_texts[q] for q in held])
     za_rows, zb_rows, group = [], [], []
     for i, q in enumerate(held):
@@ -711,7 +718,7 @@ def heldout_judged_pairs(feats: Features, held: Sequence[str], query_texts: dict
             group.append(i)
     width = len(feats.names)
     return (np.array(za_rows).reshape(-1, width), np.array(zb_rows).reshape(-1, width),
-            np.array(group, dtype=np.int64))
+            np.array(group, dtype=np.int64), held)
 
 
 def fit_fusion_pairwise(pointwise_dir: str | Path, out_dir: str | Path, queries: dict[str, str],
@@ -725,9 +732,7 @@ def fit_fusion_pairwise(pointwise_dir: str | Path, out_dir: str | Path, queries:
     start = time.monotonic()
     src = Path(pointwise_dir)
     feats = Features(src, device="cpu")
-    held = json.loads((src / "queries_split.json").read_text())["heldout"]
-    held = [q for q in held if q in queries and positives.get(q)]
-    za, zb, _ = heldout_judged_pairs(feats, held, queries, positives, depth, delta)
+    za, zb, _, _ = heldout_judged_pairs(feats, queries, positives, depth, delta)
     if not len(za):
         raise ValueError(f"{src}: no judged pairs within {delta} ranks in the held-out queries' top {depth}")
     x = pair_features(np.concatenate([za, zb]), np.concatenate([zb, za]), feats.weights, feature_set)

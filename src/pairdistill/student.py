@@ -25,7 +25,7 @@ import pandas as pd
 
 from . import io, runtime
 from .progress import Progress
-from .students.runs import SEARCH_SETTINGS, drop_self_matches, empty_run, index_search_settings
+from .students.runs import drop_self_matches, empty_run, index_search_settings, write_search_settings
 
 _PATCHED = False
 
@@ -278,8 +278,7 @@ def build_index(checkpoint: str | Path, corpus: pd.DataFrame, texts: Sequence[st
         extra = {"query_maxlen": query_maxlen} if query_maxlen else {}
         cfg = colbert_config(nbits=nbits, doc_maxlen=doc_maxlen, kmeans_niters=kmeans_niters,
                              index_bsize=index_bsize, avoid_fork_if_possible=True, **extra)
-        (tmp / SEARCH_SETTINGS).write_text(json.dumps({"query_maxlen": query_maxlen,
-                                                       "drop_self_matches": bool(drop_self_matches)}))
+        write_search_settings(tmp, query_maxlen, drop_self_matches)
         progress = Progress(len(texts), "index: encode", unit="passages")
         with colbert_run(tmp / ".colbert"), _passage_embedding_cache(progress, reuse_sample_embeddings), \
                 _num_partitions(num_partitions):

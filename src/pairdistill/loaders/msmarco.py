@@ -226,10 +226,10 @@ def prepare(
             queries[split].sort_values("query_id", kind="stable").assign(split=split)[["split", "query_id", "text"]]
             for split in splits
         ], ignore_index=True)
-        qrels_frame = (pd.concat([qrels[s] for s in splits if s in qrels], ignore_index=True) if qrels
-                       else pd.DataFrame({c: pd.Series(dtype=object) for c in io.SCHEMAS["qrels"].names}))
+        all_qrels = (pd.concat([qrels[s] for s in splits if s in qrels], ignore_index=True) if qrels
+                     else pd.DataFrame({c: pd.Series(dtype=object) for c in io.SCHEMAS["qrels"].names}))
         pq.write_table(io.to_table(queries_frame, "queries"), tmp_queries, row_group_size=io.ROW_GROUP_ROWS)
-        pq.write_table(io.to_table(qrels_frame, "qrels"), tmp_qrels, row_group_size=io.ROW_GROUP_ROWS)
+        pq.write_table(io.to_table(all_qrels, "qrels"), tmp_qrels, row_group_size=io.ROW_GROUP_ROWS)
 
     return {
         "documents": documents,

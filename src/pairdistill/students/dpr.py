@@ -37,7 +37,7 @@ from .. import io, runtime
 from ..errors import InputError, SettingError
 from ..progress import Progress
 from . import DPR_SETTINGS, FAISS_META, INDEX_TYPES, DPRSettings, read_dpr_settings
-from .runs import SEARCH_SETTINGS, drop_self_matches, empty_run, index_search_settings
+from .runs import drop_self_matches, empty_run, index_search_settings, write_search_settings
 
 QUERY_DIR, PASSAGE_DIR = "query_encoder", "passage_encoder"  # separate encoders
 INDEX_FILE = "index.faiss"
@@ -222,8 +222,7 @@ def build_index(checkpoint: str | Path, corpus: pd.DataFrame, texts: Sequence[st
     with io.atomic_path(out_dir, is_dir=True) as tmp:
         faiss.write_index(index, str(tmp / INDEX_FILE))
         corpus[["doc_id"]].reset_index(drop=True).to_parquet(tmp / "doc_ids.parquet", index=False)
-        (tmp / SEARCH_SETTINGS).write_text(json.dumps({"query_maxlen": query_maxlen,
-                                                       "drop_self_matches": bool(drop_self_matches)}))
+        write_search_settings(tmp, query_maxlen, drop_self_matches)
         (tmp / INDEX_META).write_text(json.dumps(meta, indent=1) + "\n")
     return {k: v for k, v in meta.items() if k != "kind"}
 

@@ -18,6 +18,12 @@ from .. import io
 SEARCH_SETTINGS = "pairdistill_search.json"  # in an index: how its collection is searched
 
 
+def write_search_settings(index_dir: str | Path, query_maxlen: int | None, drop_self_matches: bool) -> None:
+    """Keep in an index how its collection is searched (read back by :func:`index_search_settings`)."""
+    (Path(index_dir) / SEARCH_SETTINGS).write_text(json.dumps({"query_maxlen": query_maxlen,
+                                                               "drop_self_matches": bool(drop_self_matches)}))
+
+
 def index_search_settings(index_dir: str | Path) -> dict:
     """The collection's search settings kept in its index (none for indexes built before them)."""
     path = Path(index_dir) / SEARCH_SETTINGS
