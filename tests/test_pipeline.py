@@ -75,7 +75,7 @@ def _kill_during(workdir: Path, configfile: Path, log: Path, marker: str, timeou
                 break
             if proc.poll() is not None:
                 raise AssertionError(f"workflow ended ({proc.returncode}) before {marker!r} appeared in {log}")
-            time.sleep(0.01)
+            time.sleep(0.002)
         else:
             raise AssertionError(f"{marker!r} never appeared in {log}")
     finally:
@@ -89,8 +89,8 @@ def run(tmp_path_factory, tiny_bert_dir):
     root = tmp_path_factory.mktemp("e2e")
     make_slice(root / "data")
     # one thread per job: bit-equal results between the two runs do not hang on thread scheduling;
-    # parts of 4 rows: ~10 parts a scoring shard, so a kill a part in lands well before the job ends
-    overlay = tiny_overlay(root / "data", tiny_bert_dir, **{"shards": 2, "scoring.part_rows": 4,
+    # parts of 2 rows: ~20 parts a scoring shard, so a kill a part in lands well before the job ends
+    overlay = tiny_overlay(root / "data", tiny_bert_dir, **{"shards": 2, "scoring.part_rows": 2,
                                                              "train.save_every": 2, "threads": 1})
     configfile = write_config(root / "tiny.yaml", overlay)
     reference = root / "reference"
