@@ -1,4 +1,4 @@
-"""The settings benchmarks (bench_student, bench_partitions) choose on held-out training queries:
+"""The settings benchmarks (bench student, bench partitions) choose on held-out training queries:
 the queries they score are judged training queries that no round of the run trained on."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from pairdistill import io
-from pairdistill.bench_student import _parse_set, heldout_queries
+from pairdistill.bench.student import _parse_set, heldout_queries
 
 
 def _results(tmp_path, trained: dict[int, list[str]]):
@@ -51,7 +51,7 @@ def test_settings_parse_as_yaml_values():
 def test_pair_feature_cross_validation_reduces_to_the_margin_when_shrunk():
     import numpy as np
 
-    from pairdistill.bench_pair_features import cross_validated
+    from pairdistill.bench.pair_features import cross_validated
 
     rng = np.random.default_rng(0)
     za, zb = rng.normal(size=(200, 3)), rng.normal(size=(200, 3))

@@ -48,7 +48,7 @@ def test_directory_outputs_replace_whole(tmp_path):
 
 
 def test_benchmark_report_reads_flat_and_nested_benchmark_files(tmp_path):
-    from pairdistill.benchmarks import collect, report
+    from pairdistill.bench.benchmark_files import collect, report
 
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     (tmp_path / "train").mkdir()

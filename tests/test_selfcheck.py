@@ -28,7 +28,7 @@ def test_without_colbert_ai_the_indexing_check_is_skipped(tmp_path, monkeypatch)
 def test_the_memory_table_picks_the_largest_micro_batch_that_fits():
     import pandas as pd
 
-    from pairdistill import bench_train_memory as bench
+    from pairdistill.bench import train_memory as bench
 
     rows = pd.DataFrame({"model": "bert-base", "precision": "bf16", "grad_checkpointing": False, "nway": 8,
                          "m": [1, 2], "saved_for_backward_mb": [1024.0, 2048.0], "peak_mb": [3000.0, 4200.0],

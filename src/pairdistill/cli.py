@@ -511,7 +511,7 @@ def run(a: argparse.Namespace):
 
         return figures.metrics(a.summary, a.out, a.ablations)
     if s == "benchmarks":
-        from .benchmarks import report
+        from .bench.benchmark_files import report
 
         return print(report(a.dir))
     raise AssertionError(s)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import io
-from .benchmarks import collect
+from .bench.benchmark_files import collect
 from .inspection import disagreement_by_gap
 
 FIGURES = ("metrics", "loss", "teacher_scores", "disagreement", "teacher_cache", "benchmarks")

@@ -104,7 +104,7 @@ def check_train(dev, shapes: dict) -> dict:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from .bench_train_memory import synthetic_batch
+    from .bench.train_memory import synthetic_batch
     from .losses import PairDistillLoss
     from .train import batch_gradients, resolve_precision
 

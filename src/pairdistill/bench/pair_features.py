@@ -6,7 +6,7 @@ of the pair accuracy of: the pointwise teacher's margin alone, and the pairwise 
 each feature set of :func:`pairdistill.fusion.pair_features` and each ``--l2``. Each fitted teacher
 is compared with the margin on the same pairs by a sign test over the pairs where they disagree::
 
-    python -m pairdistill.bench_pair_features --results results
+    python -m pairdistill.bench pair-features --results results
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import fusion, io, runtime
-from .bench_student import show_table
+from .. import fusion, io, runtime
+from .student import show_table
 
 
 def judged_pairs(teacher_dir: Path, results: Path, split: str, depth: int, delta: int):

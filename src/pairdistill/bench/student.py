@@ -6,7 +6,7 @@ corpus (no PLAID approximation) on judged *training* queries that neither round 
 on: settings are chosen on held-out training queries, never on the test split. Each setting is
 compared with the first one by a paired t-test over those queries::
 
-    python -m pairdistill.bench_student --results results --set lr=3e-5 --set lr=1e-4 --set lr=2e-4
+    python -m pairdistill.bench student --results results --set lr=3e-5 --set lr=1e-4 --set lr=2e-4
 
 Every ``--set`` is a comma-separated list of ``train.*`` keys (``lr=1e-4,epochs=2``) over the run's
 own settings (read from its ``config.yaml`` unless ``--config`` names another file).
@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 import yaml
 
-from . import data, evaluate, io, runtime, stages, student
+from .. import data, evaluate, io, runtime, stages, student
 
 MEASURES = ("nDCG@10", "R@100")
 

@@ -2,11 +2,11 @@
 
 Builds an index of a finished run's iteration-0 retriever for each ``--partitions`` count, times it,
 and searches judged *training* queries that no round of the run trained on (as
-:mod:`pairdistill.bench_student` holds them out) with the run's search settings. colbert-ai's own
+:mod:`pairdistill.bench.student` holds them out) with the run's search settings. colbert-ai's own
 choice (``index.num_partitions: null``) is the run's ``results/iter-0/index``, used as it is. Each
 count is compared with it by a paired t-test over those queries::
 
-    python -m pairdistill.bench_partitions --results results --partitions 1024 2048 4096
+    python -m pairdistill.bench partitions --results results --partitions 1024 2048 4096
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from . import evaluate, runtime, stages, student
-from .bench_student import MEASURES, heldout_queries, show_table
+from .. import evaluate, runtime, stages, student
+from .student import MEASURES, heldout_queries, show_table
 
 
 def main(argv=None) -> None:

@@ -4,7 +4,7 @@ For one base encoder, compares the iteration-0 projections of ``student.projecti
 random initialisation and the PCA of passage token embeddings, by exhaustive MaxSim over the whole corpus (no PLAID approximation), on the judged
 queries of a split. Choose on a training split, never on the test split::
 
-    python -m pairdistill.bench_projection --corpus results/data/corpus.parquet \\
+    python -m pairdistill.bench projection --corpus results/data/corpus.parquet \\
         --queries results/data/queries.parquet --qrels results/data/qrels.parquet --split train
 
 The embedded default's choice (pca) was made this way on 300 SciFact training queries: nDCG@10
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import data, evaluate, io, runtime, student
+from .. import data, evaluate, io, runtime, student
 
 
 def _hidden_states(model, texts, tokenizer, batch: int = 64, queries: bool = False):

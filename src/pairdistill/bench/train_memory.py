@@ -1,7 +1,7 @@
 """Peak training memory per micro-batch query: the benchmark behind the README's micro_batch table.
 
-    python -m pairdistill.bench_train_memory --out /tmp/train-memory            # CPU, a few minutes
-    python -m pairdistill.bench_train_memory --out DIR --device cuda --nway 64   # on a GPU
+    python -m pairdistill.bench train-memory --out /tmp/train-memory            # CPU, a few minutes
+    python -m pairdistill.bench train-memory --out DIR --device cuda --nway 64   # on a GPU
 
 For each student shape (``minilm``: the embedded default's all-MiniLM-L6-v2; ``bert-base``: a
 random BERT-base-shaped ColBERT, the paper's colbertv2.0 shape, built offline) and precision, it
@@ -41,7 +41,7 @@ def build_student(shape: str, out: Path, *, dim: int = 128, query_maxlen: int = 
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from . import runtime, student
+    from .. import runtime, student
 
     ckpt = out / f"{shape}-colbert"
     if (ckpt / "config.json").exists():
@@ -64,7 +64,7 @@ def synthetic_batch(m: int, nway: int, query_maxlen: int, doc_maxlen: int, vocab
     """A training batch of random token ids, every passage ``doc_maxlen`` tokens long."""
     import torch
 
-    from .train import Batch
+    from ..train import Batch
 
     g = torch.Generator().manual_seed(seed)
     q_ids = torch.randint(1000, vocab, (m, query_maxlen), generator=g)
@@ -86,9 +86,9 @@ def one_step(checkpoint: str, m: int, nway: int, doc_maxlen: int, precision: str
     import torch
     from accelerate import Accelerator
 
-    from . import student
-    from .losses import PairDistillLoss
-    from .train import _MIXED, batch_gradients
+    from .. import student
+    from ..losses import PairDistillLoss
+    from ..train import _MIXED, batch_gradients
 
     dev = torch.device(device)
     model = student.load_student(checkpoint, query_maxlen=32, doc_maxlen=doc_maxlen)
@@ -140,7 +140,7 @@ def measure(checkpoint: Path, m: int, nway: int, doc_maxlen: int, precision: str
     work.mkdir(parents=True, exist_ok=True)
     tag = f"{checkpoint.name}-m{m}-n{nway}-{precision}{'-ckpt' if grad_checkpointing else ''}"
     rss, out = work / f"{tag}.maxrss", work / f"{tag}.json"
-    cmd = [sys.executable, "-m", "pairdistill.bench_train_memory", "--one", str(checkpoint), "--m", str(m),
+    cmd = [sys.executable, "-m", "pairdistill.bench", "train-memory", "--one", str(checkpoint), "--m", str(m),
            "--nway", str(nway), "--doc-maxlen", str(doc_maxlen), "--precision", precision, "--device", device,
            "--result", str(out), "--threads", str(threads)] + (["--grad-checkpointing"] if grad_checkpointing else [])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
@@ -161,7 +161,7 @@ def measure(checkpoint: Path, m: int, nway: int, doc_maxlen: int, precision: str
 def batch_part_gb(batch_size: int, nway: int, doc_maxlen: int, query_maxlen: int = 32, dim: int = 128) -> float:
     """Memory of the whole batch's side of a step (not per micro-batch), fp32: the cached
     embeddings, their gradients and the gathered copy, plus one chunk of in-batch similarities."""
-    from .train import MAXSIM_CHUNK_BYTES
+    from ..train import MAXSIM_CHUNK_BYTES
 
     emb = batch_size * (nway * doc_maxlen + query_maxlen) * dim * 4
     return (3 * emb + 2 * MAXSIM_CHUNK_BYTES) / 2**30

@@ -1,6 +1,6 @@
 """Peak memory of one shard job as the query set grows: the benchmark behind the README's table.
 
-    python -m pairdistill.bench_memory --out /tmp/shard-memory
+    python -m pairdistill.bench memory --out /tmp/shard-memory
 
 For each scale s (1, 10, 100) it writes a synthetic collection with s x ``--base-queries``
 training queries split into s shards, so that a shard always holds about ``--base-queries``
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import io, runtime, shards, synthetic
+from .. import io, runtime, shards, synthetic
 
 # a wrapper process whose only child is the job: its RUSAGE_CHILDREN peak is the job's own
 _WRAPPER = ("import resource, subprocess, sys; code = subprocess.run(sys.argv[2:]).returncode; "
