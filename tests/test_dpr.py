@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pairdistill import io, student, students
+from pairdistill import io, students
+from pairdistill.students import colbert
 from pairdistill import train as training
 from pairdistill.errors import InputError, SettingError
 from pairdistill.losses import PairDistillLoss
@@ -239,7 +240,7 @@ def test_flat_search_is_brute_force_and_ivf_probing_every_list_is_flat(shared, t
     stats = dpr.build_index(shared, df, texts, tmp_path / "flat", seed=1)
     assert stats["documents"] == 40 and stats["type"] == "flat" and stats["dim"] == 32
     _, queries = _texts(5)
-    run = student.search(shared, tmp_path / "flat", queries, k=7, ncells=1, centroid_score_threshold=0.5, ndocs=8)
+    run = colbert.search(shared, tmp_path / "flat", queries, k=7, ncells=1, centroid_score_threshold=0.5, ndocs=8)
     # brute force: every passage scored with the same encoders, scale * cosine
     model = dpr.load(shared).eval()
     D = dpr.encode(model, texts, "doc")
@@ -338,7 +339,7 @@ def test_an_index_of_the_other_kind_is_one_line(shared, tmp_path):
     with pytest.raises(InputError, match="a PLAID index .*; a DPR student searches the faiss index built with it"):
         dpr.search(shared, tmp_path / "plaid", {"q": "cell"}, 3)
     with pytest.raises(InputError, match=r"a faiss index \(a DPR student's\); the ColBERT checkpoint"):
-        student.search(str(tmp_path / "colbert-ckpt"), tmp_path / "faiss", {"q": "cell"}, 3, ncells=1,
+        colbert.search(str(tmp_path / "colbert-ckpt"), tmp_path / "faiss", {"q": "cell"}, 3, ncells=1,
                        centroid_score_threshold=0.5, ndocs=8)
 
 

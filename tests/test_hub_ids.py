@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pairdistill import io, student
+from pairdistill import io
+from pairdistill.students import colbert
 
 REPO = Path(__file__).resolve().parents[1]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -34,12 +35,12 @@ def _cache(hub: Path, repo_id: str, source: str) -> None:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, tiny_cross_encoder_dir, tiny_t5_dir, tiny_bert_dir, tiny_flan_t5_dir):
     root = tmp_path_factory.mktemp("hf")
-    colbert = root / "tiny-colbert"
-    student.init_checkpoint(tiny_bert_dir, colbert, dim=16, query_maxlen=8, doc_maxlen=24, seed=0)
+    ckpt = root / "tiny-colbert"
+    colbert.init_checkpoint(tiny_bert_dir, ckpt, dim=16, query_maxlen=8, doc_maxlen=24, seed=0)
     cache = root / "hub"
     _cache(cache, "cross-encoder/ms-marco-MiniLM-L-6-v2", tiny_cross_encoder_dir)
     _cache(cache, "castorini/duot5-3b-msmarco", tiny_t5_dir)
-    _cache(cache, "colbert-ir/colbertv2.0", str(colbert))
+    _cache(cache, "colbert-ir/colbertv2.0", str(ckpt))
     _cache(cache, "google/flan-t5-xl", tiny_flan_t5_dir)
     return cache
 

@@ -221,14 +221,14 @@ def test_checkpoints_differ_between_iterations(run):
 
 
 def test_checkpoint_loads_in_stock_colbert_searcher(run):
-    from pairdistill import student
+    from pairdistill.students import colbert
 
     w = run["workdir"]
-    student.setup_colbert()
+    colbert.setup_colbert()
     from colbert import Searcher
 
     index = (w / "results/iter-2/index").resolve()
-    with student.colbert_run(run["root"] / "colbert"):
+    with colbert.colbert_run(run["root"] / "colbert"):
         searcher = Searcher(index=str(index), checkpoint=str((w / "results/iter-2/checkpoint").resolve()),
                             collection=str(index / "collection.tsv"), verbose=0)
         pids, ranks, scores = searcher.search("vitamin D deficiency and bone density", k=5)

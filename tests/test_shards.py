@@ -241,10 +241,10 @@ def test_teacher_cache_report(tmp_path):
 def test_a_shard_without_queries_runs_through_every_stage(collection, tmp_path):
     """More shards than queries, or an unlucky hash, leave a shard empty: its jobs write empty
     files of the right schema and gathering skips nothing."""
-    from pairdistill import student
+    from pairdistill.students import colbert
 
     c = collection
-    empty = student.search("unused-checkpoint", "unused-index", {}, 10, ncells=1, centroid_score_threshold=0.5,
+    empty = colbert.search("unused-checkpoint", "unused-index", {}, 10, ncells=1, centroid_score_threshold=0.5,
                            ndocs=64)
     io.write_table(empty, "run", tmp_path / "topk.parquet")
     teachers = dict(family="cross-encoder", max_length=48, batch_size=8)

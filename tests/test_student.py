@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from pairdistill import student
+from pairdistill.students import colbert
 from pairdistill.students import runs
 
 from workflow import DATA_DIR
@@ -28,7 +28,7 @@ def corpus():
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tiny_bert_dir):
     out = tmp_path_factory.mktemp("student") / "ckpt"
-    student.init_checkpoint(tiny_bert_dir, out, dim=16, query_maxlen=16, doc_maxlen=32, seed=0)
+    colbert.init_checkpoint(tiny_bert_dir, out, dim=16, query_maxlen=16, doc_maxlen=32, seed=0)
     return out
 
 
@@ -44,7 +44,7 @@ def test_init_checkpoint_is_seeded(checkpoint, tmp_path, tiny_bert_dir):
     from safetensors.torch import load_file
 
     again = tmp_path / "again"
-    student.init_checkpoint(tiny_bert_dir, again, dim=16, query_maxlen=16, doc_maxlen=32, seed=0)
+    colbert.init_checkpoint(tiny_bert_dir, again, dim=16, query_maxlen=16, doc_maxlen=32, seed=0)
     a, b = load_file(checkpoint / "model.safetensors"), load_file(again / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -54,7 +54,7 @@ def test_pca_projection_keeps_more_of_the_token_geometry(checkpoint, corpus, tmp
 
     _, texts = corpus
     out = tmp_path / "pca"
-    student.init_checkpoint(tiny_bert_dir, out, dim=16, query_maxlen=16, doc_maxlen=32, seed=0,
+    colbert.init_checkpoint(tiny_bert_dir, out, dim=16, query_maxlen=16, doc_maxlen=32, seed=0,
                             projection="pca", passages=texts[:40])
     pca = load_file(out / "model.safetensors")["linear.weight"]
     rnd = load_file(checkpoint / "model.safetensors")["linear.weight"]
@@ -63,7 +63,7 @@ def test_pca_projection_keeps_more_of_the_token_geometry(checkpoint, corpus, tmp
     # the share of the passages' token energy each projection keeps: PCA's is the most any 16 rows can
     from colbert.modeling.tokenization import DocTokenizer
 
-    model = student.load_student(str(out))
+    model = colbert.load_student(str(out))
     ids, mask = DocTokenizer(model.colbert_config).tensorize(texts[40:60])
     with torch.no_grad():
         tokens = model.bert(ids, attention_mask=mask)[0][mask.bool()]
@@ -74,10 +74,10 @@ def test_pca_projection_keeps_more_of_the_token_geometry(checkpoint, corpus, tmp
 
     assert kept(pca) > kept(rnd)
     with pytest.raises(ValueError, match="brings its trained projection"):  # a ColBERT checkpoint as the base
-        student.init_checkpoint(str(out), tmp_path / "y", dim=16, query_maxlen=16, doc_maxlen=32, seed=0,
+        colbert.init_checkpoint(str(out), tmp_path / "y", dim=16, query_maxlen=16, doc_maxlen=32, seed=0,
                                 projection="pca", passages=texts[:40])
     with pytest.raises(ValueError, match="unknown projection"):
-        student.init_checkpoint(tiny_bert_dir, tmp_path / "x", dim=16, query_maxlen=16, doc_maxlen=32, seed=0,
+        colbert.init_checkpoint(tiny_bert_dir, tmp_path / "x", dim=16, query_maxlen=16, doc_maxlen=32, seed=0,
                                 projection="svd")
 
 
@@ -85,7 +85,7 @@ def test_reusing_sample_embeddings_does_not_change_the_index(checkpoint, corpus,
     df, texts = corpus
     stats, last_progress = {}, {}
     for reuse in (True, False):
-        stats[reuse] = student.build_index(checkpoint, df, texts, tmp_path / f"idx-{reuse}", nbits=2,
+        stats[reuse] = colbert.build_index(checkpoint, df, texts, tmp_path / f"idx-{reuse}", nbits=2,
                                            doc_maxlen=32, kmeans_niters=2, reuse_sample_embeddings=reuse, seed=1)
         lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[index: encode]")]
         last_progress[reuse] = lines[-1].split()[2]
@@ -101,14 +101,14 @@ def test_num_partitions_is_a_cap(checkpoint, corpus, tmp_path):
     """index.num_partitions caps colbert-ai's count: a collection whose own count is smaller keeps it."""
     import math
     df, texts = corpus
-    stats = student.build_index(checkpoint, df, texts, tmp_path / "idx", nbits=2, doc_maxlen=32, kmeans_niters=1,
+    stats = colbert.build_index(checkpoint, df, texts, tmp_path / "idx", nbits=2, doc_maxlen=32, kmeans_niters=1,
                                 num_partitions=1 << 20)
     assert stats["num_partitions"] == 2 ** math.floor(math.log2(16 * math.sqrt(stats["num_embeddings"])))
 
 
 def test_search_returns_document_ids(checkpoint, corpus, tmp_path):
     df, texts = corpus
-    stats = student.build_index(checkpoint, df, texts, tmp_path / "idx", nbits=2, doc_maxlen=32, kmeans_niters=2,
+    stats = colbert.build_index(checkpoint, df, texts, tmp_path / "idx", nbits=2, doc_maxlen=32, kmeans_niters=2,
                                 num_partitions=16)
     # the centroid count is ours, not colbert-ai's rule, and the plan on disk says so
     assert stats["num_partitions"] == 16
@@ -116,7 +116,7 @@ def test_search_returns_document_ids(checkpoint, corpus, tmp_path):
     from colbert.indexing.collection_indexer import CollectionIndexer
     assert CollectionIndexer.setup.__name__ == "setup" and CollectionIndexer.setup.__module__.startswith("colbert")
     queries = {"q-a": texts[3][:60], "q-b": texts[10][:60]}
-    run = student.search(checkpoint, tmp_path / "idx", queries, k=5, ncells=2, centroid_score_threshold=0.45,
+    run = colbert.search(checkpoint, tmp_path / "idx", queries, k=5, ncells=2, centroid_score_threshold=0.45,
                          ndocs=256)
     assert set(run["query_id"]) == {"q-a", "q-b"}
     assert run.groupby("query_id")["rank"].apply(list).tolist() == [[1, 2, 3, 4, 5]] * 2
@@ -131,7 +131,7 @@ def test_a_collections_query_length_and_self_match_rule_travel_with_its_index(ch
     from colbert.modeling.checkpoint import Checkpoint
 
     df, texts = corpus
-    student.build_index(checkpoint, df, texts, tmp_path / "idx", nbits=2, doc_maxlen=32, kmeans_niters=2,
+    colbert.build_index(checkpoint, df, texts, tmp_path / "idx", nbits=2, doc_maxlen=32, kmeans_niters=2,
                         num_partitions=16, query_maxlen=40, drop_self_matches=True)
     assert json.loads((tmp_path / "idx" / "metadata.json").read_text())["config"]["query_maxlen"] == 40
     lengths = []
@@ -145,20 +145,20 @@ def test_a_collections_query_length_and_self_match_rule_travel_with_its_index(ch
     own = df["doc_id"][3]
     queries = {own: texts[3], "other": texts[10][:60]}  # the first query is document 3 itself
     kw = dict(k=5, ncells=2, centroid_score_threshold=0.45, ndocs=256)
-    run = student.search(checkpoint, tmp_path / "idx", queries, **kw)
+    run = colbert.search(checkpoint, tmp_path / "idx", queries, **kw)
     assert lengths and set(lengths) == {40}  # the checkpoint's own is 16
     assert own not in set(run.loc[run["query_id"] == own, "doc_id"])
     assert run.groupby("query_id")["rank"].apply(list).tolist() == [[1, 2, 3, 4, 5]] * 2
     # without the rule, the document is its own query's best hit
     (tmp_path / "idx" / runs.SEARCH_SETTINGS).write_text(json.dumps({"drop_self_matches": False}))
-    kept = student.search(checkpoint, tmp_path / "idx", queries, **kw)
+    kept = colbert.search(checkpoint, tmp_path / "idx", queries, **kw)
     assert kept.loc[(kept["query_id"] == own) & (kept["rank"] == 1), "doc_id"].tolist() == [own]
 
 
 def test_drop_self_matches_reranks_and_keeps_k():
     run = pd.DataFrame({"query_id": ["a"] * 4 + ["b"] * 3, "doc_id": ["x", "a", "y", "z", "b", "a", "c"],
                         "rank": [1, 2, 3, 4, 1, 2, 3], "score": [9.0, 8, 7, 6, 5, 4, 3]})
-    out = student.drop_self_matches(run, 3)
+    out = colbert.drop_self_matches(run, 3)
     assert out[["query_id", "doc_id", "rank"]].values.tolist() == [
         ["a", "x", 1], ["a", "y", 2], ["a", "z", 3], ["b", "a", 1], ["b", "c", 2]]
 
@@ -167,12 +167,12 @@ def test_stale_extension_lock_is_removed_and_a_fresh_one_kept(tmp_path):
     import os
     import time
 
-    from pairdistill import student
+    from pairdistill.students import colbert
 
     for name in ("decompress_residuals_cpp", "segmented_maxsim_cpp"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "lock").touch()
     old = tmp_path / "decompress_residuals_cpp" / "lock"
     os.utime(old, (time.time() - 3600, time.time() - 3600))  # left by a job killed an hour ago
-    assert student.clear_stale_extension_locks(tmp_path) == [old]
+    assert colbert.clear_stale_extension_locks(tmp_path) == [old]
     assert not old.exists() and (tmp_path / "segmented_maxsim_cpp" / "lock").exists()

@@ -49,9 +49,9 @@ def test_zero_shot_groups_need_no_labels_and_short_lists_are_skipped():
 
 
 def test_maxsim_matches_colbert_scoring():
-    from pairdistill import student
+    from pairdistill.students import colbert
 
-    student.setup_colbert()
+    colbert.setup_colbert()
     from colbert.infra import ColBERTConfig
     from colbert.modeling.colbert import colbert_score
 

@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pairdistill import io, student
+from pairdistill import io
+from pairdistill.students import colbert
 from pairdistill import train as training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +85,7 @@ def inputs(tmp_path_factory, tiny_bert_dir):
     root = tmp_path_factory.mktemp("resume_inputs")
     paths = make_inputs(root)
     paths["checkpoint"] = root / "ckpt0"
-    student.init_checkpoint(tiny_bert_dir, paths["checkpoint"], dim=16, query_maxlen=16, doc_maxlen=32, seed=0)
+    colbert.init_checkpoint(tiny_bert_dir, paths["checkpoint"], dim=16, query_maxlen=16, doc_maxlen=32, seed=0)
     return paths
 
 
@@ -247,7 +248,7 @@ def _interrupted(inputs, work: Path, monkeypatch, **overrides) -> None:
         raise KeyboardInterrupt("preempted")
 
     with monkeypatch.context() as m:
-        m.setattr(training.student, "save_student", die)
+        m.setattr(colbert, "save_student", die)
         with pytest.raises(KeyboardInterrupt):
             _train(inputs, work, **overrides)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from pairdistill import student
+from pairdistill.students import colbert
 from pairdistill import train as training
 from pairdistill.losses import PairDistillLoss
 
@@ -51,12 +51,12 @@ def _groups(mined: int = 0, seed: int = 3) -> list[training.Group]:
 @pytest.fixture(scope="module")
 def tiny_colbert(tmp_path_factory, tiny_bert_dir) -> str:
     out = tmp_path_factory.mktemp("tiny_colbert") / "ckpt"
-    student.init_checkpoint(tiny_bert_dir, out, dim=16, query_maxlen=16, doc_maxlen=32, seed=0)
+    colbert.init_checkpoint(tiny_bert_dir, out, dim=16, query_maxlen=16, doc_maxlen=32, seed=0)
     return str(out)
 
 
 def _model(path: str, dropout: bool = False, dtype=torch.float32):
-    model = student.load_student(path, query_maxlen=16, doc_maxlen=32).to(dtype)
+    model = colbert.load_student(path, query_maxlen=16, doc_maxlen=32).to(dtype)
     model.use_gpu = False
     model.train(dropout)
     return model
@@ -296,7 +296,7 @@ def test_two_process_training_killed_and_rerun_is_bit_identical(tmp_path_factory
     root = tmp_path_factory.mktemp("dp_resume")
     inputs = resume.make_inputs(root / "inputs")
     inputs["checkpoint"] = root / "ckpt0"
-    student.init_checkpoint(tiny_bert_dir, inputs["checkpoint"], dim=16, query_maxlen=16, doc_maxlen=32, seed=0)
+    colbert.init_checkpoint(tiny_bert_dir, inputs["checkpoint"], dim=16, query_maxlen=16, doc_maxlen=32, seed=0)
     ref, killed = root / "uninterrupted", root / "killed"
     ref.mkdir(), killed.mkdir()
     cmds = {}

@@ -48,7 +48,7 @@ def test_cli_prepares_a_topic_and_reports_bad_input_in_one_line(tmp_path):
 def test_evaluate_qa_searches_a_real_index(files, tmp_path, tiny_bert_dir):
     """The whole QA evaluation through the command line: prepare, index with a tiny ColBERT, search,
     and Recall@k recomputed from the run it wrote."""
-    from pairdistill import student
+    from pairdistill.students import colbert
 
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
 
@@ -59,7 +59,7 @@ def test_evaluate_qa_searches_a_real_index(files, tmp_path, tiny_bert_dir):
     out = tmp_path / "results"
     cli("prepare-qa-passages", "--passages", str(files[0]), "--out", str(out / "corpus.parquet"))
     cli("prepare-qa", "--questions", str(files[1]), "--name", "nq", "--out-dir", str(out / "nq"))
-    student.init_checkpoint(tiny_bert_dir, out / "ckpt", dim=16, query_maxlen=16, doc_maxlen=32, seed=0)
+    colbert.init_checkpoint(tiny_bert_dir, out / "ckpt", dim=16, query_maxlen=16, doc_maxlen=32, seed=0)
     stages.index(str(out / "ckpt"), str(out / "corpus.parquet"), str(out / "index"), nbits=2, doc_maxlen=32,
                  kmeans_niters=1, reuse_sample_embeddings=True, seed=0, num_partitions=4)
     cli("evaluate-qa", "--checkpoint", str(out / "ckpt"), "--index", str(out / "index"),

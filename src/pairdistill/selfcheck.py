@@ -222,7 +222,7 @@ def check_colbert(dev, shapes: dict, work: Path) -> dict:
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    from . import student
+    from .students import colbert as colbert_student  # (colbert: colbert-ai, probed above)
 
     rng = np.random.default_rng(0)
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
@@ -233,23 +233,23 @@ def check_colbert(dev, shapes: dict, work: Path) -> dict:
     BertModel(BertConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, max_position_embeddings=512,
                          **shapes["student"])).save_pretrained(base)
     ckpt = work / "colbert"
-    student.init_checkpoint(str(base), ckpt, dim=shapes["dim"], query_maxlen=shapes["query_maxlen"],
+    colbert_student.init_checkpoint(str(base), ckpt, dim=shapes["dim"], query_maxlen=shapes["query_maxlen"],
                             doc_maxlen=shapes["doc_maxlen"], seed=0)
     lo, hi = shapes["passage_words"]
     n = shapes["collection"]
     texts = [" ".join(rng.choice(words, int(k))) for k in rng.integers(lo, hi, size=n)]
     corpus = pd.DataFrame({"doc_id": [f"d{i}" for i in range(n)], "title": "", "text": texts})
     start = time.monotonic()
-    stats = student.build_index(ckpt, corpus, texts, work / "index", nbits=2, doc_maxlen=shapes["doc_maxlen"],
+    stats = colbert_student.build_index(ckpt, corpus, texts, work / "index", nbits=2, doc_maxlen=shapes["doc_maxlen"],
                                 kmeans_niters=4, num_partitions=shapes["partitions"])
     index_s = time.monotonic() - start
     queries = {f"q{i}": " ".join(texts[i].split()[:8]) for i in range(shapes["queries"])}
     kw = dict(ncells=2, centroid_score_threshold=0.45, ndocs=1024)
     start = time.monotonic()
-    student.search(ckpt, work / "index", {"warm-up": texts[0]}, 10, **kw)  # loads the index, builds extensions
+    colbert_student.search(ckpt, work / "index", {"warm-up": texts[0]}, 10, **kw)  # loads the index, builds extensions
     load_s = time.monotonic() - start
     start = time.monotonic()
-    run = student.search(ckpt, work / "index", queries, 10, **kw)
+    run = colbert_student.search(ckpt, work / "index", queries, 10, **kw)
     search_s = time.monotonic() - start
     found = float(np.mean([d == f"d{q[1:]}" for q, d in run[run["rank"] == 1][["query_id", "doc_id"]].itertuples(index=False)]))
     out = {"status": "ok", "passages": n, "index_seconds": round(index_s, 2),

@@ -116,7 +116,7 @@ def init_checkpoint(base: str, out: str, *, dim: int, query_maxlen: int, doc_max
     """Iteration 0's checkpoint; a ``pca`` projection is fitted on a seeded sample of
     ``projection_passages`` passages of the corpus. ``arch`` dpr: a DPR student on ``base`` with
     the settings ``dpr`` (student.dpr; ``dim`` and the projection are ColBERT's, unused)."""
-    from . import student
+    from .students import colbert
 
     if arch == "dpr":
         from .students import DPRSettings, dpr as dpr_student
@@ -133,7 +133,7 @@ def init_checkpoint(base: str, out: str, *, dim: int, query_maxlen: int, doc_max
         rng = np.random.default_rng(seed)
         chosen = np.sort(rng.choice(len(texts), size=min(projection_passages, len(texts)), replace=False))
         passages = [texts[i] for i in chosen]
-    student.init_checkpoint(base, out, dim=dim, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen, seed=seed,
+    colbert.init_checkpoint(base, out, dim=dim, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen, seed=seed,
                             projection=projection, passages=passages)
     _log(f"initial checkpoint from {base} ({projection} projection"
          f"{f' of {len(passages)} passages' if passages else ''}) -> {out}")
@@ -146,7 +146,8 @@ def index(checkpoint: str, corpus_path: str, out: str, *, nbits: int, doc_maxlen
     (``dpr_index``: index.dpr's type, nlist, nprobe; the PLAID settings are unused). ``query_maxlen``
     and ``drop_self_matches`` are kept in it for every search of this collection (BEIR's ArguAna:
     300-token queries, its own argument dropped)."""
-    from . import student, students
+    from . import students
+    from .students import colbert
 
     corpus = io.read_table(corpus_path, "corpus")
     texts = list(_texts(corpus).values())  # document ids are unique, so this keeps corpus order
@@ -159,7 +160,7 @@ def index(checkpoint: str, corpus_path: str, out: str, *, nbits: int, doc_maxlen
                                 drop_self_matches=drop_self_matches)
         _log(json.dumps(stats))
         return stats
-    stats = student.build_index(checkpoint, corpus, texts, out, nbits=nbits, doc_maxlen=doc_maxlen,
+    stats = colbert.build_index(checkpoint, corpus, texts, out, nbits=nbits, doc_maxlen=doc_maxlen,
                                 kmeans_niters=kmeans_niters, reuse_sample_embeddings=reuse_sample_embeddings,
                                 seed=seed, num_partitions=num_partitions, query_maxlen=query_maxlen,
                                 drop_self_matches=drop_self_matches)
@@ -173,7 +174,7 @@ def retrieve(checkpoint: str, index_dir: str, queries_path: str, qrels_path: str
 
     The seeded sample is drawn from the whole split first, then cut by shard, so the shards of a
     round together hold exactly the queries an unsharded run would."""
-    from . import student
+    from .students import colbert
 
     ids = io.read_table(queries_path, "queries", columns=["split", "query_id"])
     ids = ids.loc[ids["split"] == split, "query_id"].tolist()
@@ -182,7 +183,7 @@ def retrieve(checkpoint: str, index_dir: str, queries_path: str, qrels_path: str
     chosen = sample_queries(ids, max_queries, seed)
     chosen = [q for q, keep in zip(chosen, shards.in_shard(chosen, shard)) if keep]
     texts = _query_texts(queries_path, chosen)
-    run = student.search(checkpoint, index_dir, {q: texts[q] for q in chosen}, k,
+    run = colbert.search(checkpoint, index_dir, {q: texts[q] for q in chosen}, k,
                          progress_label="retrieve", **search)
     io.write_table(run, "run", out)
     _log(f"retrieved top-{k} for {run['query_id'].nunique()} of {len(chosen)} queries"
@@ -595,10 +596,10 @@ def evaluate_retriever(checkpoint: str, index_dir: str, queries_path: str, qrels
                        split: str, k: int, measures: Sequence[str], iteration: int, search: dict,
                        eval_set: str) -> pd.DataFrame:
     """Search the judged queries of ``split``; write run.parquet, run.trec and metrics.parquet into ``out_dir``."""
-    from . import student
+    from .students import colbert
 
     queries, qrels = _split_queries(queries_path, qrels_path, split, judged_only=True)
-    run = student.search(checkpoint, index_dir, queries, k, progress_label="evaluate", **search)
+    run = colbert.search(checkpoint, index_dir, queries, k, progress_label="evaluate", **search)
     return _write_eval(run, qrels, Path(out_dir), measures, system=f"iteration {iteration}", iteration=iteration,
                        eval_set=eval_set)
 
@@ -617,11 +618,12 @@ def evaluate_qa(checkpoint: str, index_dir: str, corpus_path: str, queries_path:
                 eval_set: str) -> pd.DataFrame:
     """Search every question of an open-domain QA set for its top max(ks) passages; write run.parquet,
     run.trec and metrics.parquet (Recall@k: an answer string in one of the top k passages) into ``out_dir``."""
-    from . import answers, student
+    from . import answers
+    from .students import colbert
 
     queries = io.read_table(queries_path, "queries")
     questions = dict(queries[["query_id", "text"]].itertuples(index=False))
-    run = student.search(checkpoint, index_dir, questions, max(ks), progress_label="evaluate-qa", **search)
+    run = colbert.search(checkpoint, index_dir, questions, max(ks), progress_label="evaluate-qa", **search)
     table = answers.qa_metrics(run, corpus_path, answers_path, list(questions), ks, match=match,
                                system=f"iteration {iteration}", iteration=iteration, eval_set=eval_set)
     out = Path(out_dir)

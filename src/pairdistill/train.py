@@ -66,7 +66,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import io, runtime, student
+from . import io, runtime
+from .students import colbert
 from .errors import SettingError
 from .losses import PairDistillLoss
 from .progress import Progress
@@ -224,7 +225,7 @@ class ColBERTKind:
     arch = "colbert"
 
     def load(self, checkpoint, *, query_maxlen: int, doc_maxlen: int):
-        model = student.load_student(checkpoint, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)
+        model = colbert.load_student(checkpoint, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)
         model.use_gpu = False  # colbert-ai halves D on a GPU (for indexing); train.precision decides here
         return model
 
@@ -248,7 +249,7 @@ class ColBERTKind:
         model.bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def save(self, model, out_dir) -> None:
-        student.save_student(model, out_dir)
+        colbert.save_student(model, out_dir)
 
 
 COLBERT = ColBERTKind()

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .. import evaluate, runtime, stages, student
+from .. import evaluate, runtime, stages
+from ..students import colbert
 from .student import MEASURES, heldout_queries, show_table
 
 
@@ -42,7 +43,7 @@ def main(argv=None) -> None:
     ix = cfg["index"]
 
     def score(index_dir: str) -> np.ndarray:
-        run = student.search(checkpoint, index_dir, queries, 100, **search)
+        run = colbert.search(checkpoint, index_dir, queries, 100, **search)
         _, values = evaluate.per_query(run, qrels, list(MEASURES))
         return np.stack(values)
 

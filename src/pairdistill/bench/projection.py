@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import data, evaluate, io, runtime, student
+from .. import data, evaluate, io, runtime
+from ..students import colbert
 
 
 def _hidden_states(model, texts, tokenizer, batch: int = 64, queries: bool = False):
@@ -46,12 +47,12 @@ def compare(base: str, corpus: pd.DataFrame, queries: dict[str, str], qrels: pd.
     rng = np.random.default_rng(seed)
     sample = [texts[i] for i in np.sort(rng.choice(len(texts), size=min(pca_passages, len(texts)), replace=False))]
     with tempfile.TemporaryDirectory() as tmp:
-        student.init_checkpoint(base, f"{tmp}/random", dim=dim, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen,
+        colbert.init_checkpoint(base, f"{tmp}/random", dim=dim, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen,
                                 seed=seed)
-        model = student.load_student(f"{tmp}/random")
+        model = colbert.load_student(f"{tmp}/random")
     model.eval()
     projections = {"random": model.linear.weight.detach().float(),
-                   "pca": student.pca_projection(model, sample, dim)}
+                   "pca": colbert.pca_projection(model, sample, dim)}
     docs, counts = _hidden_states(model, texts, DocTokenizer(model.colbert_config))
     qids = sorted(queries)
     q_states, _ = _hidden_states(model, [queries[q] for q in qids], QueryTokenizer(model.colbert_config),

@@ -25,7 +25,8 @@ import pandas as pd
 import torch
 import yaml
 
-from .. import data, evaluate, io, runtime, stages, student
+from .. import data, evaluate, io, runtime, stages
+from ..students import colbert
 
 MEASURES = ("nDCG@10", "R@100")
 
@@ -124,7 +125,7 @@ def main(argv=None) -> None:
     print(f"{len(queries)} held-out judged {split!r} queries; {len(doc_ids)} passages", flush=True)
 
     def score(checkpoint: str) -> np.ndarray:
-        model = student.load_student(checkpoint)
+        model = colbert.load_student(checkpoint)
         model.eval()
         tokens, owner = encode_corpus(model, texts)
         run = exhaustive_run(model, doc_ids, tokens, owner, queries)

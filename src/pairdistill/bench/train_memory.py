@@ -41,7 +41,8 @@ def build_student(shape: str, out: Path, *, dim: int = 128, query_maxlen: int = 
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from .. import runtime, student
+    from .. import runtime
+    from ..students import colbert
 
     ckpt = out / f"{shape}-colbert"
     if (ckpt / "config.json").exists():
@@ -56,7 +57,7 @@ def build_student(shape: str, out: Path, *, dim: int = 128, query_maxlen: int = 
         base = str(raw)
     elif shape != "minilm":
         raise ValueError(f"unknown student shape {shape!r} (minilm | bert-base)")
-    student.init_checkpoint(base, ckpt, dim=dim, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen, seed=0)
+    colbert.init_checkpoint(base, ckpt, dim=dim, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen, seed=0)
     return ckpt
 
 
@@ -86,12 +87,12 @@ def one_step(checkpoint: str, m: int, nway: int, doc_maxlen: int, precision: str
     import torch
     from accelerate import Accelerator
 
-    from .. import student
+    from ..students import colbert
     from ..losses import PairDistillLoss
     from ..train import _MIXED, batch_gradients
 
     dev = torch.device(device)
-    model = student.load_student(checkpoint, query_maxlen=32, doc_maxlen=doc_maxlen)
+    model = colbert.load_student(checkpoint, query_maxlen=32, doc_maxlen=doc_maxlen)
     model.use_gpu = False
     if grad_checkpointing:
         model.bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

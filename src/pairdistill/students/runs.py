@@ -2,8 +2,7 @@
 
 An index directory keeps :data:`SEARCH_SETTINGS`, how its collection is searched (the query
 length, whether a query's own document is dropped), and every search returns a frame in the io
-"run" schema. Imported by :mod:`pairdistill.student` (ColBERT) and :mod:`.dpr`, and importing
-neither.
+"run" schema. Imported by :mod:`.colbert` and :mod:`.dpr`, and importing neither.
 """
 
 from __future__ import annotations

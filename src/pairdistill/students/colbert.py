@@ -23,9 +23,10 @@ from typing import Iterator, Mapping, Sequence
 
 import pandas as pd
 
-from . import io, runtime
-from .progress import Progress
-from .students.runs import drop_self_matches, empty_run, index_search_settings, write_search_settings
+from .. import io, runtime
+from ..progress import Progress
+from . import FAISS_META, arch_of
+from .runs import drop_self_matches, empty_run, index_search_settings, write_search_settings
 
 _PATCHED = False
 
@@ -297,14 +298,12 @@ def search(checkpoint: str | Path, index_dir: str | Path, queries: Mapping[str, 
     settings are unused)."""
     if not queries:
         return empty_run()
-    from . import students
-
-    if students.arch_of(checkpoint) == "dpr":
-        from .students import dpr
+    if arch_of(checkpoint) == "dpr":
+        from . import dpr
 
         return dpr.search(checkpoint, index_dir, queries, k, progress_label=progress_label)
-    if (Path(index_dir) / students.FAISS_META).exists():
-        from .errors import InputError
+    if (Path(index_dir) / FAISS_META).exists():
+        from ..errors import InputError
 
         raise InputError(index_dir, f"a faiss index (a DPR student's); the ColBERT checkpoint {checkpoint} "
                                     "searches the PLAID index built with it")
