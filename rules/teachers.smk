@@ -70,7 +70,7 @@ if fit_method("pointwise") == "fusion" and not rebased("pointwise"):
 
     rule fit_fusion_pointwise:
         """BM25 and the bi-encoder over the corpus, the bi-encoder fine-tuned on the training queries
-        but a held-out share, and the fusion weights fitted on that share (pairdistill.fusion). Also
+        but a held-out share, and the fusion weights fitted on that share (pairdistill.teachers.fusion). Also
         writes the plain BM25 + bi-encoder fusion, the baseline the teacher must beat."""
         input:
             corpus=CORPUS,
@@ -137,7 +137,7 @@ if fit_method("pairwise") == "fusion-pairwise" and not rebased("pairwise"):
 rule rebase_teacher:
     """Another run's fitted fusion teacher (teachers.{kind}.model, with rebase: true) on this run's
     corpus: BM25 statistics and corpus embeddings recomputed, the fitted weights and bi-encoders kept
-    (pairdistill.fusion.rebase_fusion). With both kinds re-based, the pairwise teacher takes the
+    (pairdistill.teachers.fusion.rebase_fusion). With both kinds re-based, the pairwise teacher takes the
     corpus embeddings of the bi-encoders it shares with the pointwise one from it, instead of
     encoding the corpus a second time."""
     wildcard_constraints:

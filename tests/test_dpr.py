@@ -294,7 +294,7 @@ def test_a_checkpoint_round_trips(separate, tmp_path):
 
 
 def test_iteration_0_from_minilm_is_the_sentence_transformers_bi_encoder(tmp_path, minilm_dir):
-    from pairdistill.fusion import BiEncoder
+    from pairdistill.teachers.fusion import BiEncoder
 
     dpr.init_checkpoint("minilm", tmp_path / "ckpt", DPRSettings(query_maxlen=32, doc_maxlen=128), seed=0)
     model = dpr.load(tmp_path / "ckpt").eval()

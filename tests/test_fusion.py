@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pairdistill import fusion, teachers
+from pairdistill import teachers
+from pairdistill.teachers import fusion
 
 DOCS = ["the cat sat on the mat", "a dog chased the cat", "quantum physics of cold atoms"]
 

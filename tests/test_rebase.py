@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pairdistill import fusion, io, runtime, teachers
+from pairdistill import io, runtime, teachers
+from pairdistill.teachers import fusion
 
 SOURCE_TOPICS = ["cat", "dog", "atom", "star", "cell", "rain", "gene", "iron"]
 

@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", type=int, default=30)
     p.add_argument("--delta", type=int, default=10)
     p.add_argument("--pair-features", choices=("margin", "cross"), default="margin",
-                   help="pairwise: the pair terms (pairdistill.fusion.pair_features)")
+                   help="pairwise: the pair terms (pairdistill.teachers.fusion.pair_features)")
     p.add_argument("--seed", type=int, default=0)
 
     p = sub.add_parser("pointwise", help="pointwise teacher scores of a top-k")

@@ -225,10 +225,10 @@ def fit_fusion_teacher(kind: str, corpus_path: str, queries_path: str, qrels_pat
                        negatives: int = 1, batch_size: int = 16, epochs: int = 1, lr: float = 2e-5,
                        warmup: float = 0.1, scale: float = 20.0, depth: int = 30, delta: int = 10,
                        pair_features: str = "margin") -> dict:
-    """Fit a fusion teacher (:mod:`pairdistill.fusion`) on the labelled queries of ``split``:
+    """Fit a fusion teacher (:mod:`pairdistill.teachers.fusion`) on the labelled queries of ``split``:
     ``pointwise`` writes the fused teacher to ``out`` and the plain BM25 + bi-encoder fusion to
     ``plain_out``; ``pairwise`` fits the pair terms on top of ``pointwise_dir``."""
-    from . import fusion
+    from .teachers import fusion
 
     queries, qrels = _split_queries(queries_path, qrels_path, split)
     rel = qrels[qrels["relevance"] > 0]
@@ -254,10 +254,10 @@ def fit_fusion_teacher(kind: str, corpus_path: str, queries_path: str, qrels_pat
 
 def rebase_fusion_teacher(teacher: str, corpus_path: str, out: str, reuse: str | None = None) -> dict:
     """A fitted fusion teacher of another run re-based on this run's corpus
-    (:func:`pairdistill.fusion.rebase_fusion`): BM25 statistics and corpus embeddings recomputed,
+    (:func:`pairdistill.teachers.fusion.rebase_fusion`): BM25 statistics and corpus embeddings recomputed,
     the fitted weights and bi-encoders kept; ``reuse``, a teacher re-based on this corpus already,
     lends the corpus embeddings of the bi-encoders both share."""
-    from . import fusion
+    from .teachers import fusion
 
     corpus = io.read_table(corpus_path, "corpus")
     texts = list(_texts(corpus).values())
@@ -707,7 +707,8 @@ def pair_accuracy(student_run_path: str, pointwise_run_path: str, qrels_path: st
     draws them. A system is right when it puts the relevant passage first (a tie counts 1/2):
     the student by its retrieval score, the pointwise teacher by its order, the pairwise
     teacher by (P(r > n) + 1 - P(n > r)) / 2 > 1/2."""
-    from . import fusion, teachers
+    from . import teachers
+    from .teachers import fusion
 
     queries, qrels = _split_queries(queries_path, qrels_path, split, judged_only=True)
     relevant = set(map(tuple, qrels.loc[qrels["relevance"] > 0, ["query_id", "doc_id"]].to_numpy()))
@@ -763,7 +764,7 @@ def corpus_baselines(teacher_dir: str, queries_path: str, qrels_path: str, out_d
                      measures: Sequence[str], eval_set: str) -> pd.DataFrame:
     """First-stage baselines over the whole corpus from a fusion teacher's features: BM25 alone,
     the base bi-encoder alone, and the teacher's own fused score; one eval directory each."""
-    from . import fusion
+    from .teachers import fusion
 
     feats = fusion.Features(teacher_dir, device="cpu")
     queries, qrels = _split_queries(queries_path, qrels_path, split, judged_only=True)

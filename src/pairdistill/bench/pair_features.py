@@ -3,7 +3,7 @@
 On the judged pairs the fusion-pairwise fit uses (within ``--delta`` ranks in the pointwise
 teacher's top ``--depth`` of its held-out *training* queries), five-fold cross-validation by query
 of the pair accuracy of: the pointwise teacher's margin alone, and the pairwise teacher fitted with
-each feature set of :func:`pairdistill.fusion.pair_features` and each ``--l2``. Each fitted teacher
+each feature set of :func:`pairdistill.teachers.fusion.pair_features` and each ``--l2``. Each fitted teacher
 is compared with the margin on the same pairs by a sign test over the pairs where they disagree::
 
     python -m pairdistill.bench pair-features --results results
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import fusion, io, runtime
+from .. import io, runtime
+from ..teachers import fusion
 from .student import show_table
 
 

@@ -5,7 +5,7 @@ losses as ColBERT. Here a query and a passage are each one vector, pooled from a
 encoder's last hidden states (``mean`` under the attention mask, or ``cls``), and the student's
 score is ``scale * q.d`` (``dot``) or ``scale * cos(q, d)`` (``cosine``). From all-MiniLM-L6-v2
 with mean pooling and cosine, iteration 0 is exactly the sentence-transformers bi-encoder (its own
-weights, as :class:`pairdistill.fusion.BiEncoder` encodes), a real first-stage retriever.
+weights, as :class:`pairdistill.teachers.fusion.BiEncoder` encodes), a real first-stage retriever.
 
 A checkpoint is a directory of plain Hugging Face files: the shared encoder and its tokenizer
 (``save_pretrained``) in the directory itself, or one each in ``query_encoder/`` and

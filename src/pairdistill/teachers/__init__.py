@@ -15,8 +15,8 @@ Families (the ``family`` argument; ``"auto"`` picks one from the model directory
 ``bert-pairwise``  sequence classifier on ``[CLS] q [SEP] a [SEP] b [SEP]`` -> sigmoid(logit)
 ``duot5``          T5, ``Query: q Document0: a Document1: b Relevant:`` -> P(true)
 ``fusion``         BM25 and bi-encoder cosines, z-normalised per query, fused with fitted
-                   weights (:mod:`pairdistill.fusion`)
-``fusion-pairwise``  sigmoid of the fusion's margin plus fitted pair terms (:mod:`pairdistill.fusion`)
+                   weights (:mod:`pairdistill.teachers.fusion`)
+``fusion-pairwise``  sigmoid of the fusion's margin plus fitted pair terms (:mod:`pairdistill.teachers.fusion`)
 ``instruct-pointwise``  a prompted seq2seq or causal LM (flan-t5-xl in the paper): "is the passage
                    relevant?" -> log P(yes) over {yes, no} (:mod:`.instruct`; never ``"auto"``)
 ``instruct-pairwise``  the same, "which document is more relevant? Answer only 'A' or 'B'." -> P(A)

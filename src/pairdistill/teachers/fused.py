@@ -1,4 +1,4 @@
-"""The fitted feature fusions as teachers: ``fusion`` and ``fusion-pairwise`` (:mod:`pairdistill.fusion`)."""
+"""The fitted feature fusions as teachers: ``fusion`` and ``fusion-pairwise`` (:mod:`pairdistill.teachers.fusion`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .base import _check_lengths, _LoadedTeacher
 
 
 class FusionScorer(_LoadedTeacher):
-    """A fitted ``fusion`` teacher; ``model`` is its :class:`pairdistill.fusion.Features`, and
+    """A fitted ``fusion`` teacher; ``model`` is its :class:`pairdistill.teachers.fusion.Features`, and
     ``score`` works as :class:`PointwiseScorer`'s. The bi-encoders keep their fitted token budget."""
 
     def score(self, queries: Sequence[str], docs: Sequence[str], progress_label: str | None = None) -> np.ndarray:
@@ -20,7 +20,7 @@ class FusionScorer(_LoadedTeacher):
 
 
 class FusionPairwiseScorer(_LoadedTeacher):
-    """A fitted ``fusion-pairwise`` teacher; ``model`` is its :class:`pairdistill.fusion.PairwiseFusion`."""
+    """A fitted ``fusion-pairwise`` teacher; ``model`` is its :class:`pairdistill.teachers.fusion.PairwiseFusion`."""
 
     def prob(self, queries, docs_a, docs_b, progress_label: str | None = None) -> np.ndarray:
         _check_lengths(queries, docs_a, docs_b)
@@ -31,11 +31,11 @@ def load(path: str, family: str, kind: str, max_length: int, dev: torch.device, 
          precision: str) -> FusionScorer | FusionPairwiseScorer:
     """The fitted fusion at ``path``; it always scores in fp32, so ``precision`` is not used."""
     if family == "fusion":
-        from ..fusion import Features
+        from .fusion import Features
 
         return FusionScorer(Features(path, device=str(dev), batch_size=batch_size), None, family, max_length,
                             batch_size, dev, path)
-    from ..fusion import PairwiseFusion
+    from .fusion import PairwiseFusion
 
     return FusionPairwiseScorer(PairwiseFusion(path, device=str(dev), batch_size=batch_size), None, family,
                                 max_length, batch_size, dev, path)

@@ -36,7 +36,7 @@ FAMILIES = {
 }
 POINTWISE_FAMILIES = tuple(name for name, f in FAMILIES.items() if f.kind == "pointwise")
 PAIRWISE_FAMILIES = tuple(name for name, f in FAMILIES.items() if f.kind == "pairwise")
-FUSION_FAMILIES = tuple(name for name, f in FAMILIES.items() if f.fitted)  # fitted feature fusions (pairdistill.fusion)
+FUSION_FAMILIES = tuple(name for name, f in FAMILIES.items() if f.fitted)  # fitted feature fusions (teachers.fusion)
 
 
 def detect_family(path: str, kind: str) -> str:

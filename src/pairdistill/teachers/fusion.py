@@ -43,8 +43,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import io, runtime
-from .progress import Progress
+from .. import io, runtime
+from ..progress import Progress
 
 POINTWISE_FAMILY, PAIRWISE_FAMILY = "fusion", "fusion-pairwise"
 META_FILE = "pairdistill_teacher.json"
