@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pairdistill.train import _maxsim, _maxsim_aligned, build_groups
+from pairdistill.train import build_groups
+from pairdistill.train.loop import _maxsim, _maxsim_aligned
 
 
 def _pointwise(qid, docs):

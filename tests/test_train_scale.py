@@ -20,6 +20,7 @@ import torch
 
 from pairdistill.students import colbert
 from pairdistill import train as training
+from pairdistill.train import loop, parallel
 from pairdistill.losses import PairDistillLoss
 
 NWAY, BATCH, QUERIES = 4, 8, 8
@@ -106,13 +107,13 @@ def test_maxsim_and_losses_run_in_fp32_for_half_precision_embeddings(dtype):
     mask = torch.ones(B * NWAY, Ld, 1, dtype=torch.bool)
     mask[1, 4:] = False
     Dh = D.to(dtype)  # what colbert-ai's doc() returns on a GPU (fp16) or autocast hands over (bf16)
-    wide, aligned = training._maxsim(Q, Dh, mask), training._maxsim_aligned(Q, Dh, mask, NWAY)
+    wide, aligned = loop._maxsim(Q, Dh, mask), loop._maxsim_aligned(Q, Dh, mask, NWAY)
     assert wide.dtype == aligned.dtype == torch.float32
     # exactly the fp32 computation on the rounded embeddings: no half-precision sums anywhere
-    assert torch.equal(wide, training._maxsim(Q, Dh.float(), mask))
-    assert torch.equal(aligned, training._maxsim_aligned(Q, Dh.float(), mask, NWAY))
-    both = training._maxsim(Q.to(dtype), Dh, mask)
-    assert both.dtype == torch.float32 and torch.equal(both, training._maxsim(Q.to(dtype).float(), Dh.float(), mask))
+    assert torch.equal(wide, loop._maxsim(Q, Dh.float(), mask))
+    assert torch.equal(aligned, loop._maxsim_aligned(Q, Dh.float(), mask, NWAY))
+    both = loop._maxsim(Q.to(dtype), Dh, mask)
+    assert both.dtype == torch.float32 and torch.equal(both, loop._maxsim(Q.to(dtype).float(), Dh.float(), mask))
     # the loss on half-precision scores: fp32, equal to the loss on the same scores in fp32
     scores = aligned.to(dtype).requires_grad_(True)
     teacher = torch.randn(B, NWAY)
@@ -211,11 +212,11 @@ def test_the_gradient_cache_replays_dropout(tiny_colbert):
     for lo in range(0, BATCH, 3):
         hi = min(lo + 3, BATCH)
         r = batch.passage_rows(lo, hi)
-        q, d, m = training._encode(model, batch, lo, hi, r, contextlib.nullcontext)
+        q, d, m = loop._encode(model, batch, lo, hi, r, contextlib.nullcontext)
         Qs.append(q), Ds.append(d), Ms.append(m), rows.append(r)
     order = torch.argsort(torch.cat(rows))
     Q, D, M = torch.cat(Qs), torch.cat(Ds)[order], torch.cat(Ms)[order]
-    Qw, Dw, Mw, layout, whole = training._gather_batch(Q, D, M, batch)
+    Qw, Dw, Mw, layout, whole = parallel._gather_batch(Q, D, M, batch)
     training.step_loss(Qw, Dw, Mw, layout, whole, PairDistillLoss(), in_batch_negatives=True)["loss"].backward()
     reference = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert_same_gradients(cached, reference)
@@ -232,10 +233,10 @@ def test_in_batch_contrast_is_the_positive_against_other_queries_passages_only(t
     groups = _groups()
     batch = training.make_batch(groups, qtok, dtok, queries, corpus, NWAY, True)
     with torch.no_grad():
-        Q, D, M = training._encode(model, batch, 0, BATCH, torch.arange(BATCH * NWAY), contextlib.nullcontext)
-        Qw, Dw, Mw, layout, whole = training._gather_batch(Q, D, M, batch)
+        Q, D, M = loop._encode(model, batch, 0, BATCH, torch.arange(BATCH * NWAY), contextlib.nullcontext)
+        Qw, Dw, Mw, layout, whole = parallel._gather_batch(Q, D, M, batch)
         parts = training.step_loss(Qw, Dw, Mw, layout, whole, PairDistillLoss(), contrastive_negatives="in_batch")
-        wide = training._maxsim(Q, D, M)
+        wide = loop._maxsim(Q, D, M)
     terms = []
     for b, g in enumerate(groups):
         if g.positive_index < 0:
@@ -355,10 +356,10 @@ def test_maxsim_in_chunks_of_queries_is_the_same(monkeypatch):
     Q = torch.randn(5, 4, 8, requires_grad=True)
     D = torch.randn(12, 6, 8, requires_grad=True)
     mask = torch.rand(12, 6, 1) > 0.3
-    whole = training._maxsim(Q, D, mask)
+    whole = loop._maxsim(Q, D, mask)
     g_whole = torch.autograd.grad(whole.square().sum(), [Q, D])
-    monkeypatch.setattr(training, "MAXSIM_CHUNK_BYTES", 2 * 12 * 4 * 6 * 4)  # two queries at a time
-    chunked = training._maxsim(Q, D, mask)
+    monkeypatch.setattr(loop, "MAXSIM_CHUNK_BYTES", 2 * 12 * 4 * 6 * 4)  # two queries at a time
+    chunked = loop._maxsim(Q, D, mask)
     g_chunked = torch.autograd.grad(chunked.square().sum(), [Q, D])
     assert torch.allclose(whole, chunked, atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_whole, g_chunked))

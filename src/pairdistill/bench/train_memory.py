@@ -89,7 +89,7 @@ def one_step(checkpoint: str, m: int, nway: int, doc_maxlen: int, precision: str
 
     from ..students import colbert
     from ..losses import PairDistillLoss
-    from ..train import _MIXED, batch_gradients
+    from ..train.loop import _MIXED, batch_gradients
 
     dev = torch.device(device)
     model = colbert.load_student(checkpoint, query_maxlen=32, doc_maxlen=doc_maxlen)
@@ -162,7 +162,7 @@ def measure(checkpoint: Path, m: int, nway: int, doc_maxlen: int, precision: str
 def batch_part_gb(batch_size: int, nway: int, doc_maxlen: int, query_maxlen: int = 32, dim: int = 128) -> float:
     """Memory of the whole batch's side of a step (not per micro-batch), fp32: the cached
     embeddings, their gradients and the gathered copy, plus one chunk of in-batch similarities."""
-    from ..train import MAXSIM_CHUNK_BYTES
+    from ..train.loop import MAXSIM_CHUNK_BYTES
 
     emb = batch_size * (nway * doc_maxlen + query_maxlen) * dim * 4
     return (3 * emb + 2 * MAXSIM_CHUNK_BYTES) / 2**30

@@ -1,7 +1,7 @@
 """Student kinds (``student.arch``): which one a checkpoint is, and the settings of each.
 
 - ``colbert`` (the default): colbert-ai's multi-vector ColBERT, a PLAID index
-  (:mod:`pairdistill.students.colbert`, training interface :class:`pairdistill.train.ColBERTKind`);
+  (:mod:`pairdistill.students.colbert`, training interface :class:`pairdistill.train.loop.ColBERTKind`);
 - ``dpr``: a single-vector dual encoder, a faiss index (:mod:`pairdistill.students.dpr`), the
   paper's Table 3 "DPR" student.
 

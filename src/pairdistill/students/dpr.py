@@ -276,7 +276,7 @@ def search(checkpoint: str | Path, index_dir: str | Path, queries: Mapping[str, 
 
 
 class DPRKind:
-    """The training loop's interface to a DPR student (as :class:`pairdistill.train.ColBERTKind`):
+    """The training loop's interface to a DPR student (as :class:`pairdistill.train.loop.ColBERTKind`):
     vectors stand where ColBERT has token matrices, a passage's mask is one always-true "token",
     and the scorers are ``scale`` times inner products, in fp32 outside autocast."""
 
