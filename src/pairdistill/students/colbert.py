@@ -67,6 +67,23 @@ def clear_stale_extension_locks(root: Path, max_age_s: float = 1800.0) -> list[P
     return removed
 
 
+def build_extensions() -> list[str]:
+    """Compile (or load, when already built) every C++ extension colbert-ai uses on a CPU, into
+    ``TORCH_EXTENSIONS_DIR``: the MaxSim kernel of its model, and the pid filter, residual
+    decompression and segmented lookup of PLAID search. ``envs/setup.sh`` calls this, so no job
+    of a run pays the ~2-minute build. Returns the extension directories' names."""
+    setup_colbert()
+    from colbert.modeling.colbert import ColBERT
+    from colbert.search.index_storage import IndexScorer
+    from colbert.search.strided_tensor import StridedTensor
+
+    ColBERT.try_load_torch_extensions(use_gpu=False)
+    IndexScorer.try_load_torch_extensions(use_gpu=False)
+    StridedTensor.try_load_torch_extensions(use_gpu=False)
+    root = Path(os.environ["TORCH_EXTENSIONS_DIR"])
+    return sorted(p.name for p in root.rglob("*.so"))
+
+
 def colbert_config(**kw):
     setup_colbert()
     from colbert.infra import ColBERTConfig
