@@ -1,9 +1,9 @@
 """pairdistill.inference: every backend against eager torch fp32, on tiny random models.
 
 fp32 backends (onnx, openvino) agree with torch within 1e-4; bf16 within bf16 rounding; int8
-keeps the ranking: Spearman rank correlation of the scores above INT8_MIN_SPEARMAN (measured
-0.97 - 1.0 on these random tiny models; 0.96 - 0.997 for all-MiniLM-L6-v2 on SciFact, see
-inference_bench_draft). Exported artifacts are reused, rebuilt when the weights change or the
+keeps the ranking: Spearman rank correlation of the scores above INT8_MIN_SPEARMAN = 0.9
+(0.96 - 1.0 measured on these random tiny models; 0.978 - 0.997 retrieval Spearman for
+all-MiniLM-L6-v2 on SciFact, see inference_bench_draft). Exported artifacts are reused, rebuilt when the weights change or the
 file is corrupted, and a missing backend is a one-line SettingError naming inference.backend.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pairdistill.errors import SettingError
 
 INT8_MIN_SPEARMAN = 0.9
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
-HAS_OV = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("onnx") is not None
+HAS_OV = importlib.util.find_spec("openvino") is not None
 HAS_NNCF = importlib.util.find_spec("nncf") is not None
 
 TEXTS = ["the cat sat on the mat", "a quick brown fox jumps over the lazy dog near the river bank",
@@ -38,7 +38,7 @@ def _backend_param(name):
     if name == "onnx" and not HAS_ORT:
         marks.append(pytest.mark.skip(reason="onnxruntime/onnx not installed"))
     if name == "openvino" and not HAS_OV:
-        marks.append(pytest.mark.skip(reason="openvino/onnx not installed"))
+        marks.append(pytest.mark.skip(reason="openvino not installed"))
     return pytest.param(name, marks=marks)
 
 
@@ -168,8 +168,10 @@ def _artifact_file(model) -> Path:
     return model.artifact / ("model.onnx" if model.backend == "onnx" else "model.bin")
 
 
-@pytest.mark.parametrize("backend", EXPORTED)
-def test_cache_reused_rebuilt_on_new_weights_and_on_corruption(backend, tmp_path, tiny_bert_dir, minilm_dir):
+@pytest.mark.skipif(not (HAS_OV or HAS_ORT), reason="neither openvino nor onnxruntime installed")
+def test_cache_reused_rebuilt_on_new_weights_and_on_corruption(tmp_path, tiny_bert_dir):
+    """The cache logic is the same for both exported backends: run it on the pinned one."""
+    backend = "openvino" if HAS_OV else "onnx"
     from transformers import BertConfig, BertModel
 
     src = tmp_path / "model"
@@ -236,7 +238,7 @@ def test_settings_checked_at_start_up():
         inference.check_backend("onnx", "int8", "monot5", "cpu")
 
 
-@pytest.mark.skipif(not HAS_OV, reason="openvino/onnx not installed")
+@pytest.mark.skipif(not HAS_OV, reason="openvino not installed")
 def test_openvino_int8_needs_calibration(tiny_bert_dir, tmp_path):
     with pytest.raises(SettingError, match="inference.quantize: openvino int8 is static"):
         inference.load_encoder(tiny_bert_dir, backend="openvino", quantize="int8", cache_dir=tmp_path)

@@ -1,4 +1,4 @@
-"""Exporting a Hugging Face model's inference forward pass to ONNX and OpenVINO IR.
+"""Exporting a Hugging Face model's inference forward pass to ONNX and to OpenVINO IR.
 
 One graph per task, with int64 inputs ``input_ids``, ``attention_mask`` (and ``token_type_ids``
 where the model takes them), batch and sequence dimensions dynamic:
@@ -48,7 +48,7 @@ class Forward(torch.nn.Module):
         kw = dict(zip(self.names, inputs))
         if self.task == "t5":
             dec = kw["input_ids"][:, :1] * 0 + self.start  # traced with a dynamic batch size
-            return self.model(**kw, decoder_input_ids=dec).logits[:, 0, :]
+            return self.model(**kw, decoder_input_ids=dec, use_cache=False).logits[:, 0, :]
         out = self.model(**kw)
         return out.last_hidden_state if self.task == "encoder" else out.logits
 
@@ -92,15 +92,38 @@ def quantize_ort(onnx_file: Path, out_file: Path) -> None:
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
-def convert_openvino(onnx_file: Path, out_xml: Path, calibration=None, task: str = "encoder") -> None:
-    """OpenVINO IR (xml + bin, weights kept fp32) of the ONNX graph; with ``calibration`` (a list of
-    input dicts) statically int8-quantised by NNCF (SmoothQuant and bias correction included)."""
+def convert_openvino(path: str, task: str, out_xml: Path, calibration=None) -> list[str]:
+    """OpenVINO IR (xml + bin, weights kept fp32) converted straight from torch (no ONNX, hence no
+    protobuf); with ``calibration`` (a list of input dicts) statically int8-quantised by NNCF
+    (SmoothQuant and fast bias correction included). Returns the input names."""
     import openvino as ov
 
-    model = ov.convert_model(str(onnx_file))
+    model = load_torch(path, task, attn="eager")
+    names = input_names(model, task)
+    example = {n: torch.ones(2, 8, dtype=torch.long) if n != "token_type_ids" else
+               torch.zeros(2, 8, dtype=torch.long) for n in names}
+    wrapped = Named(Forward(model, task, names).eval(), names)
+    shapes = [(n, ov.PartialShape([-1, -1]), ov.Type.i64) for n in names]
+    with torch.no_grad():
+        ov_model = ov.convert_model(wrapped, example_input=example, input=shapes)
+    for inp, n in zip(ov_model.inputs, names):
+        inp.get_tensor().set_names({n})
     if calibration is not None:
         import nncf
 
-        model = nncf.quantize(model, nncf.Dataset(list(calibration)), model_type=nncf.ModelType.TRANSFORMER,
-                              subset_size=max(1, len(calibration)))
-    ov.save_model(model, str(out_xml), compress_to_fp16=False)
+        ov_model = nncf.quantize(ov_model, nncf.Dataset(list(calibration)), model_type=nncf.ModelType.TRANSFORMER,
+                                 subset_size=max(1, len(calibration)))
+    ov.save_model(ov_model, str(out_xml), compress_to_fp16=False)
+    return names
+
+
+class Named(torch.nn.Module):
+    """Forward with keyword inputs (OpenVINO's torch frontend names the graph inputs after them)."""
+
+    def __init__(self, fwd: Forward, names: list[str]):
+        super().__init__()
+        self.fwd, self.names = fwd, names
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        return self.fwd(*[given[n] for n in self.names])
