@@ -304,6 +304,22 @@ def table(runs: Sequence[tuple[str, int, str, pd.DataFrame]], qrels: pd.DataFram
     return io.to_table(frame.astype({"iteration": "int32", "n_queries": "int32"}), "ablations").to_pandas()
 
 
+def ablation_table(run: list[tuple[str, str, str, str]] = (), *, qrels_path: str, measures: list[Sequence[str]],
+                   dataset: str, out: str, out_tsv: str | None = None,
+                   reference: list[tuple[str, str, str]] = ()) -> pd.DataFrame:
+    """Each ablation variant against the full method: delta, paired t-test.
+
+    Args:
+        run: an evaluation run (run.parquet) of a variant ('full': the full method), as VARIANT
+            ITERATION SPLIT RUN; repeated
+        measures: a split and its measures (SPLIT MEASURE...); repeated for each split
+        reference: another system's run compared with the full method's last iteration, as NAME
+            SPLIT RUN; repeated
+        dataset: names the evaluation sets: <dataset>/<split>
+    """
+    return write(run, qrels_path, {m[0]: m[1:] for m in measures}, dataset, out, out_tsv, references=reference)
+
+
 def write(runs: Sequence[tuple[str, int, str, str]], qrels_path: str, measures: dict[str, Sequence[str]],
           dataset: str, out: str, out_tsv: str | None = None,
           references: Sequence[tuple[str, str, str]] = ()) -> pd.DataFrame:

@@ -8,6 +8,7 @@ headless (Agg).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
@@ -44,7 +45,9 @@ def _empty(ax, what: str) -> None:
 
 
 def metrics(summary: str | Path, out: str | Path, ablations: str | Path | None = None) -> None:
-    """Each measure per round, one panel per measure, a line per evaluation set (and per ablation
+    """Every measure per round for the full method and each ablation variant.
+
+    Each measure per round, one panel per measure, a line per evaluation set (and per ablation
     variant when the ablation table exists); non-iteration systems as dotted horizontal lines."""
     plt = _plt()
     s = pd.read_parquet(summary)
@@ -81,7 +84,7 @@ def metrics(summary: str | Path, out: str | Path, ablations: str | Path | None =
     _save(fig, out)
 
 
-def losses(paths: list[str | Path], out: str | Path) -> None:
+def loss_curves(paths: list[str | Path], out: str | Path) -> None:
     """Total, contrastive, KD and pairwise loss per step, a panel per term, a line per round."""
     plt = _plt()
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
@@ -147,7 +150,7 @@ def teacher_cache(cache_tsv: str | Path, out: str | Path) -> None:
     _save(fig, out)
 
 
-def benchmarks(directory: str | Path, out: str | Path) -> None:
+def benchmark_times(directory: str | Path, out: str | Path) -> None:
     """Wall time and peak RSS of every job, summed (time) or maxed (memory) per rule."""
     plt = _plt()
     df = collect(directory) if Path(directory).is_dir() else pd.DataFrame()
@@ -165,11 +168,21 @@ def benchmarks(directory: str | Path, out: str | Path) -> None:
     _save(fig, out)
 
 
-def draw_all(*, summary, losses_, pointwise, pairwise, cache, benchmarks_dir, out_dir, ablations=None) -> None:
+def draw_all(summary: str, cache: str, out_dir: str, losses: Sequence[str] = (), pointwise: Sequence[str] = (),
+             pairwise: Sequence[str] = (), ablations: str | None = None, benchmarks: str = "benchmarks") -> None:
+    """The report's figures (PNG) from a run's artifacts.
+
+    Args:
+        losses: one file per round
+        pointwise: one file per round
+        pairwise: one file per round
+        ablations: the ablation table, when it was built
+        benchmarks: Snakemake's benchmark files
+    """
     out = Path(out_dir)
     metrics(summary, out / "metrics.png", ablations)
-    losses(losses_, out / "loss.png")
+    loss_curves(losses, out / "loss.png")
     teacher_scores(pointwise, pairwise, out / "teacher_scores.png")
     disagreement(pairwise, out / "disagreement.png")
     teacher_cache(cache, out / "teacher_cache.png")
-    benchmarks(benchmarks_dir, out / "benchmarks.png")
+    benchmark_times(benchmarks, out / "benchmarks.png")

@@ -322,8 +322,37 @@ def render(report: Report, fmt: str = "table") -> str:
     return "\n".join(lines)
 
 
+def add_arguments(p) -> None:
+    """The ``inspect`` subcommand's own arguments (argparse): one subcommand per question."""
+    import argparse
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--results", default="results", help="the run's results directory")
+    common.add_argument("--format", choices=("table", "tsv", "json"), default="table")
+    what = p.add_subparsers(dest="what", required=True)
+    q = what.add_parser("query", parents=[common], help="one query's top-k, both teachers, the students' ranks")
+    q.add_argument("query_id")
+    q.add_argument("--iteration", type=int, default=1, help="the round whose top-k and teacher scores to show")
+    q = what.add_parser("disagreements", parents=[common],
+                        help="pairs where the pairwise teacher reverses the pointwise order")
+    q.add_argument("--iteration", type=int, default=1)
+    q.add_argument("--top", type=int, default=20, help="most confident reversals shown")
+    q = what.add_parser("teachers", parents=[common],
+                        help="score distributions, calibration of P(a>b) on judged pairs, agreement")
+    q.add_argument("--iteration", type=int, default=1)
+    q = what.add_parser("runs", parents=[common], help="per-query metric differences between two systems")
+    q.add_argument("a", help="an iteration number or a run.parquet path")
+    q.add_argument("b", help="an iteration number or a run.parquet path")
+    q.add_argument("--split", default="test")
+    q.add_argument("--measure", default="nDCG@10")
+    q.add_argument("--top", type=int, default=10, help="queries shown that gained and lost most")
+
+
 def main(a) -> int:
-    """The ``inspect`` subcommand of :mod:`pairdistill.cli`; returns the exit code."""
+    """What the teachers said and the students did (reads results/ only).
+
+    The ``inspect`` subcommand of :mod:`pairdistill.cli` (its arguments: :func:`add_arguments`);
+    returns the exit code."""
     import sys
 
     try:

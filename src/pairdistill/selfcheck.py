@@ -24,6 +24,7 @@ import platform
 import time
 import traceback
 from pathlib import Path
+from typing import Literal
 
 PAPER = {"batch_size": 32, "nway": 64, "doc_maxlen": 180, "query_maxlen": 32, "dim": 128,
          "micro_batches": [4, 8, 16],
@@ -261,8 +262,17 @@ def check_colbert(dev, shapes: dict, work: Path) -> dict:
     return out
 
 
-def run(device: str = "cpu", small: bool = False, out: str | Path | None = None,
-        parts: tuple[str, ...] = ("train", "teachers", "colbert"), work: str | Path | None = None) -> dict:
+def run(device: Literal["cpu", "cuda"] = "cuda", small: bool = False, out: str | Path | None = None,
+        parts: tuple[Literal["train", "teachers", "colbert"], ...] = ("train", "teachers", "colbert"),
+        work: str | Path | None = None) -> dict:
+    """Can this machine run the paper? a training step, teacher scoring and colbert-ai indexing on
+    random weights and synthetic data -> JSON.
+
+    Args:
+        small: tiny shapes: the code paths in about a minute on a CPU
+        out: write the figures here (JSON)
+        work: the scratch directory's parent (default: the system's temporary directory)
+    """
     import tempfile
 
     import torch

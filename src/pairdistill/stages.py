@@ -1,7 +1,20 @@
 """The pipeline's stages: each reads Parquet artifacts, does one step, writes its outputs atomically.
 
 These functions are what the Snakemake rules run (through :mod:`pairdistill.cli`); they take
-paths and plain settings, so any stage can also be run by hand or from a notebook.
+paths and plain settings, so any stage can also be run by hand or from a notebook. A stage's
+flags are its parameters (see :mod:`pairdistill.cli`); the settings several stages share are
+described here once.
+
+Args:
+    model: fitted teacher dir, local path, cached hub id or 'minilm'
+    precision: the teacher's dtype when scoring; auto: bf16 on a GPU that has it (fusion: always fp32)
+    prompt: instruct-* families: the prompt template, with {query} and {passage} (pairwise: {query},
+        {passage_a}, {passage_b}); default: the paper's
+    labels: instruct-* families: the label words, each one token (pointwise: relevant, not;
+        pairwise: passage A, passage B); default: Yes No / A B
+    cache: earlier iterations' files of this shard: scores of the same teacher are reused
+    part_rows: rows per resumable part
+    eval_set: name of the evaluation set in the metrics, e.g. msmarco/dev
 """
 
 from __future__ import annotations
@@ -11,12 +24,52 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Annotated, Callable, Literal, Sequence, TypedDict
 
 import numpy as np
 import pandas as pd
 
 from . import data, evaluate, io, pairs, runtime, shards
+from .cli import Opt
+
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class Search(TypedDict):
+    """PLAID's search settings (evaluate.search)."""
+
+    ncells: int
+    centroid_score_threshold: float
+    ndocs: int
+
+
+class DprSettings(TypedDict, total=False):
+    """A DPR student's settings (student.dpr); the keys left out take their defaults.
+
+    Args:
+        shared: dpr: one encoder for queries and passages
+        scale: dpr: score = scale * similarity (default 20 with cosine, 1 with dot)
+    """
+
+    shared: bool
+    pooling: Literal["mean", "cls"]
+    score: Literal["dot", "cosine"]
+    scale: float
+
+
+class DprIndex(TypedDict, total=False):
+    """A DPR checkpoint's faiss index (index.dpr); the keys left out take their defaults.
+
+    Args:
+        type: a DPR checkpoint's faiss index: exact inner product (default) or IVF
+        nlist: ivf: k-means lists (at most one per passage)
+        nprobe: ivf: lists searched per query
+    """
+
+    type: Annotated[Literal["flat", "ivf"], Opt(flag="dpr-index")]
+    nlist: int
+    nprobe: int
 
 
 def _log(msg: str) -> None:
@@ -68,10 +121,20 @@ def sample_queries(query_ids: Sequence[str], max_queries: int | None, seed: int)
 
 # --------------------------------------------------------------------------------------------
 
-def prepare(data_dir: str, dataset: str, splits: Sequence[str], out_dir: str, *, format: str = "beir",
+def prepare(data_dir: str, dataset: str, splits: Sequence[str], out_dir: str, *,
+            format: Literal["beir", "msmarco"] = "beir",
             files: dict | None = None, query_splits: dict | None = None, seed: int = 0) -> dict:
-    """The collection's corpus, queries and qrels; ``splits`` may name derived splits of
-    ``query_splits`` (:mod:`pairdistill.query_splits`, partitions seeded by ``seed``)."""
+    """Corpus, queries and qrels (BEIR layout) -> Parquet.
+
+    The collection's corpus, queries and qrels; ``splits`` may name derived splits of
+    ``query_splits`` (:mod:`pairdistill.query_splits`, partitions seeded by ``seed``).
+
+    Args:
+        files: msmarco: JSON {"collection": ..., "queries": {split: ...}, "qrels": {split: ...}}
+        query_splits: derived splits, JSON {"adapt": {"from": "test", "share": 0.5}, "heldout":
+            {"from": "test", "rest_of": ["adapt"]}}; --splits may name them
+        seed: the derived splits' partition seed
+    """
     out = Path(out_dir)
     stats = data.prepare(data_dir, dataset, list(splits), out / "corpus.parquet", out / "queries.parquet",
                          out / "qrels.parquet", format=format, files=files or None,
@@ -80,8 +143,17 @@ def prepare(data_dir: str, dataset: str, splits: Sequence[str], out_dir: str, *,
     return stats
 
 
-def prepare_lotte(root: str, topic: str, split: str, query_sets: Sequence[str], out_dir: str) -> dict:
-    """A LoTTE topic's collection, questions (a split per query set) and answer passages (qrels)."""
+def prepare_lotte(root: str, topic: str, split: str, query_sets: Sequence[Literal["search", "forum"]],
+                  out_dir: str) -> dict:
+    """A LoTTE topic (collection, questions, qas) -> Parquet.
+
+    A LoTTE topic's collection, questions (a split per query set) and answer passages (qrels).
+
+    Args:
+        root: the LoTTE release: <root>/<topic>/<split>/
+        topic: writing, recreation, science, technology, lifestyle or pooled
+        split: dev or test
+    """
     from .loaders import lotte
 
     out = Path(out_dir)
@@ -92,7 +164,9 @@ def prepare_lotte(root: str, topic: str, split: str, query_sets: Sequence[str], 
 
 
 def prepare_qa_passages(passages: str, out: str) -> dict:
-    """DPR's passages file (psgs_w100.tsv) streamed into a corpus artifact."""
+    """DPR's passages (psgs_w100.tsv) -> corpus Parquet.
+
+    DPR's passages file (psgs_w100.tsv) streamed into a corpus artifact."""
     from .loaders import qa
 
     stats = qa.write_passages(passages, out)
@@ -101,7 +175,13 @@ def prepare_qa_passages(passages: str, out: str) -> dict:
 
 
 def prepare_qa_questions(questions: str, name: str, out_dir: str) -> dict:
-    """A DPR questions file (*.qa.csv): its queries (split ``name``) and their answer strings."""
+    """DPR's questions with answers (*.qa.csv) -> queries and answers Parquet.
+
+    A DPR questions file (*.qa.csv): its queries (split ``name``) and their answer strings.
+
+    Args:
+        name: the question set's name: the split of its queries
+    """
     from .loaders import qa
 
     out = Path(out_dir)
@@ -110,12 +190,23 @@ def prepare_qa_questions(questions: str, name: str, out_dir: str) -> dict:
     return stats
 
 
-def init_checkpoint(base: str, out: str, *, dim: int, query_maxlen: int, doc_maxlen: int, seed: int,
-                    projection: str = "random", corpus_path: str | None = None,
-                    projection_passages: int = 512, arch: str = "colbert", dpr: dict | None = None) -> None:
-    """Iteration 0's checkpoint; a ``pca`` projection is fitted on a seeded sample of
+def init_checkpoint(base: str, out: str, *, dim: int, query_maxlen: int, doc_maxlen: int, seed: int = 0,
+                    projection: Literal["random", "pca"] = "random", corpus_path: str | None = None,
+                    projection_passages: int = 512, arch: Literal["colbert", "dpr"] = "colbert",
+                    dpr: Annotated[DprSettings | None, Opt(prefix="dpr-")] = None) -> None:
+    """Iteration-0 ColBERT checkpoint.
+
+    Iteration 0's checkpoint; a ``pca`` projection is fitted on a seeded sample of
     ``projection_passages`` passages of the corpus. ``arch`` dpr: a DPR student on ``base`` with
-    the settings ``dpr`` (student.dpr; ``dim`` and the projection are ColBERT's, unused)."""
+    the settings ``dpr`` (student.dpr; ``dim`` and the projection are ColBERT's, unused).
+
+    Args:
+        projection: the new projection: colbert-ai's random initialisation, or PCA of passage tokens
+        corpus_path: pca: the corpus whose passages it samples
+        projection_passages: pca: passages sampled
+        arch: the student: ColBERT, or a single-vector DPR dual encoder on --base (--dim and the
+            projection unused)
+    """
     from .students import colbert
 
     if arch == "dpr":
@@ -139,13 +230,22 @@ def init_checkpoint(base: str, out: str, *, dim: int, query_maxlen: int, doc_max
          f"{f' of {len(passages)} passages' if passages else ''}) -> {out}")
 
 
-def index(checkpoint: str, corpus_path: str, out: str, *, nbits: int, doc_maxlen: int, kmeans_niters: int,
-          reuse_sample_embeddings: bool, seed: int, num_partitions: int | None = None,
-          query_maxlen: int | None = None, drop_self_matches: bool = False, dpr_index: dict | None = None) -> dict:
-    """The checkpoint's index of the corpus: PLAID for a ColBERT student, faiss for a DPR one
+def index(checkpoint: str, corpus_path: str, out: str, *, nbits: int, doc_maxlen: int, kmeans_niters: int = 4,
+          reuse_sample_embeddings: bool = True, seed: int = 12345, num_partitions: int | None = None,
+          query_maxlen: int | None = None, drop_self_matches: bool = False,
+          dpr_index: Annotated[DprIndex | None, Opt(prefix="dpr-")] = None) -> dict:
+    """PLAID index of the corpus.
+
+    The checkpoint's index of the corpus: PLAID for a ColBERT student, faiss for a DPR one
     (``dpr_index``: index.dpr's type, nlist, nprobe; the PLAID settings are unused). ``query_maxlen``
     and ``drop_self_matches`` are kept in it for every search of this collection (BEIR's ArguAna:
-    300-token queries, its own argument dropped)."""
+    300-token queries, its own argument dropped).
+
+    Args:
+        num_partitions: k-means centroids (null: colbert's choice)
+        query_maxlen: query tokens when this collection is searched (kept in the index); default: the checkpoint's
+        drop_self_matches: searches drop a hit whose id is the query's own (BEIR's ArguAna); kept in the index
+    """
     from . import students
     from .students import colbert
 
@@ -168,12 +268,19 @@ def index(checkpoint: str, corpus_path: str, out: str, *, nbits: int, doc_maxlen
     return stats
 
 
-def retrieve(checkpoint: str, index_dir: str, queries_path: str, qrels_path: str, out: str, *, split: str,
-             k: int, max_queries: int | None, seed: int, search: dict, shard: str | None = None) -> pd.DataFrame:
-    """Top-``k`` for the (sampled) queries of ``split`` in ``shard`` (all for None) -> the "run" schema.
+def retrieve(checkpoint: str, index: str, queries_path: str, qrels_path: str, out: str, *, split: str,
+             k: int, max_queries: int | None = None, seed: int = 0, search: Search,
+             shard: str | None = None) -> pd.DataFrame:
+    """Top-k of a split's queries.
+
+    Top-``k`` for the (sampled) queries of ``split`` in ``shard`` (all for None) -> the "run" schema.
 
     The seeded sample is drawn from the whole split first, then cut by shard, so the shards of a
-    round together hold exactly the queries an unsharded run would."""
+    round together hold exactly the queries an unsharded run would.
+
+    Args:
+        shard: e.g. 003-of-008: only the queries of that shard
+    """
     from .students import colbert
 
     ids = io.read_table(queries_path, "queries", columns=["split", "query_id"])
@@ -183,7 +290,7 @@ def retrieve(checkpoint: str, index_dir: str, queries_path: str, qrels_path: str
     chosen = sample_queries(ids, max_queries, seed)
     chosen = [q for q, keep in zip(chosen, shards.in_shard(chosen, shard)) if keep]
     texts = _query_texts(queries_path, chosen)
-    run = colbert.search(checkpoint, index_dir, {q: texts[q] for q in chosen}, k,
+    run = colbert.search(checkpoint, index, {q: texts[q] for q in chosen}, k,
                          progress_label="retrieve", **search)
     io.write_table(run, "run", out)
     _log(f"retrieved top-{k} for {run['query_id'].nunique()} of {len(chosen)} queries"
@@ -191,10 +298,13 @@ def retrieve(checkpoint: str, index_dir: str, queries_path: str, qrels_path: str
     return run
 
 
-def fit_teacher(kind: str, negatives_path: str, corpus_path: str, queries_path: str, qrels_path: str,
-                out: str, loss_out: str, *, split: str, negatives_per_query: int, init: str,
-                max_length: int, batch_size: int, epochs: int, lr: float, warmup: float, seed: int) -> dict:
-    """Fit the embedded default's pointwise or pairwise teacher on the labelled positives of ``split``
+def fit_teacher(kind: Literal["pointwise", "pairwise"], negatives_path: str, corpus_path: str, queries_path: str,
+                qrels_path: str, out: str, loss_out: str, *, split: str, negatives_per_query: int,
+                init: str = runtime.MINILM, max_length: int, batch_size: int, epochs: int = 1, lr: float,
+                warmup: float = 0.1, seed: int = 0) -> dict:
+    """Fit the embedded default's pointwise or pairwise teacher.
+
+    Fit the embedded default's pointwise or pairwise teacher on the labelled positives of ``split``
     with hard negatives mined by the starting retriever (its top-k minus the positives)."""
     from . import teachers
 
@@ -219,16 +329,31 @@ def fit_teacher(kind: str, negatives_path: str, corpus_path: str, queries_path: 
     return stats
 
 
-def fit_fusion_teacher(kind: str, corpus_path: str, queries_path: str, qrels_path: str, out: str, loss_out: str,
-                       *, split: str, seed: int, plain_out: str | None = None, pointwise_dir: str | None = None,
+def fit_fusion_teacher(kind: Literal["pointwise", "pairwise"], corpus_path: str, queries_path: str, qrels_path: str,
+                       out: str, loss_out: str, *, split: str, seed: int = 0, plain_out: str | None = None,
+                       pointwise_dir: str | None = None,
                        init: str = "minilm", max_length: int = 128, heldout: float = 0.25, candidates: int = 100,
                        negatives: int = 1, batch_size: int = 16, epochs: int = 1, lr: float = 2e-5,
                        warmup: float = 0.1, scale: float = 20.0, depth: int = 30, delta: int = 10,
-                       pair_features: str = "margin") -> dict:
-    """Fit a fusion teacher (:mod:`pairdistill.teachers.fusion`) on the labelled queries of ``split``:
+                       pair_features: Literal["margin", "cross"] = "margin") -> dict:
+    """Fit a fusion teacher (BM25 + bi-encoders, fitted weights).
+
+    Fit a fusion teacher (:mod:`pairdistill.teachers.fusion`) on the labelled queries of ``split``:
     ``pointwise`` writes the fused teacher to ``out`` and the plain BM25 + bi-encoder fusion to
-    ``plain_out``; ``pairwise`` fits the pair terms on top of ``pointwise_dir``."""
+    ``plain_out``; ``pairwise`` fits the pair terms on top of ``pointwise_dir``.
+
+    Args:
+        plain_out: pointwise: where the plain BM25 + bi-encoder fusion goes
+        pointwise_dir: pairwise: the fitted fusion pointwise teacher
+        pair_features: pairwise: the pair terms (pairdistill.teachers.fusion.pair_features)
+    """
+    from .errors import SettingError
     from .teachers import fusion
+
+    if kind == "pointwise" and not plain_out:
+        raise SettingError("fit-fusion --kind pointwise needs --plain-out")
+    if kind == "pairwise" and not pointwise_dir:
+        raise SettingError("fit-fusion --kind pairwise needs --pointwise-dir")
 
     queries, qrels = _split_queries(queries_path, qrels_path, split)
     rel = qrels[qrels["relevance"] > 0]
@@ -253,10 +378,20 @@ def fit_fusion_teacher(kind: str, corpus_path: str, queries_path: str, qrels_pat
 
 
 def rebase_fusion_teacher(teacher: str, corpus_path: str, out: str, reuse: str | None = None) -> dict:
-    """A fitted fusion teacher of another run re-based on this run's corpus
+    """A fitted fusion teacher re-based on another corpus (BM25 statistics and corpus embeddings
+    recomputed, fitted weights kept).
+
+    A fitted fusion teacher of another run re-based on this run's corpus
     (:func:`pairdistill.teachers.fusion.rebase_fusion`): BM25 statistics and corpus embeddings recomputed,
     the fitted weights and bi-encoders kept; ``reuse``, a teacher re-based on this corpus already,
-    lends the corpus embeddings of the bi-encoders both share."""
+    lends the corpus embeddings of the bi-encoders both share.
+
+    Args:
+        teacher: the fitted fusion teacher directory (fusion or fusion-pairwise)
+        corpus_path: the new corpus (corpus.parquet)
+        reuse: a teacher re-based on this corpus already (the pointwise one): the corpus embeddings of
+            the bi-encoders both share are taken from it
+    """
     from .teachers import fusion
 
     corpus = io.read_table(corpus_path, "corpus")
@@ -316,17 +451,24 @@ def _reuse_or_score(rows: pd.DataFrame, hits: pd.DataFrame, keys: list[str], sta
 
 
 def pointwise(topk_path: str, corpus_path: str, queries_path: str, qrels_path: str, out: str, *,
-              split: str, model: str, family: str, max_length: int, batch_size: int,
+              split: str, model: str, family: str = "auto", max_length: int, batch_size: int,
               add_positives: bool = True, cache: Sequence[str] = (), part_rows: int = 4096,
-              precision: str = "fp32", prompt: str | None = None, labels: Sequence[str] | None = None) -> pd.DataFrame:
-    """Score every retrieved (query, passage) with the pointwise teacher; with ``add_positives`` the
+              precision: Precision = "fp32", prompt: str | None = None,
+              labels: tuple[str, str] | None = None) -> pd.DataFrame:
+    """Pointwise teacher scores of a top-k.
+
+    Score every retrieved (query, passage) with the pointwise teacher; with ``add_positives`` the
     labelled positives of the retrieved queries are scored too (retriever columns null for those
     not retrieved), since training puts a positive in every group.
 
     A (query, passage) found in a ``cache`` file (an earlier iteration's output for the same
     shard) scored by the same teacher is reused. The rest is scored in resumable parts. Reads only
     the shard's queries, qrels and passages. ``prompt`` and ``labels``: an instruction teacher's
-    (:mod:`pairdistill.teachers.instruct`)."""
+    (:mod:`pairdistill.teachers.instruct`).
+
+    Args:
+        add_positives: also score the labelled positives the retriever missed
+    """
     from . import teachers
 
     own = {"prompt": prompt, "labels": labels}
@@ -367,9 +509,15 @@ def pointwise(topk_path: str, corpus_path: str, queries_path: str, qrels_path: s
     return rows
 
 
-def sample_pairs(pointwise_path: str, out: str, *, delta: int, pairs_per_query: int, seed: int,
+def sample_pairs(pointwise_path: str, out: str, *, delta: int, pairs_per_query: int, seed: int = 0,
                  iteration: int | None = None) -> pd.DataFrame:
-    """Pairs of a (shard's) pointwise list, drawn per query from ``(seed, iteration, query_id)``."""
+    """Pairs with |i-j| < delta on the pointwise-reranked list.
+
+    Pairs of a (shard's) pointwise list, drawn per query from ``(seed, iteration, query_id)``.
+
+    Args:
+        iteration: the distillation round, part of each query's seed (each round draws afresh)
+    """
     ranked = io.read_table(pointwise_path, "pointwise")
     sampled = pairs.sample_pairs(ranked, delta=delta, pairs_per_query=pairs_per_query, seed=seed,
                                  iteration=iteration)
@@ -392,11 +540,13 @@ def _cached_pairs(paths: Sequence[str], identity: str, query_ids, both_orders: b
     return old.drop_duplicates(["query_id", "doc_a", "doc_b"]).assign(cached=True)
 
 
-def pairwise(pairs_path: str, corpus_path: str, queries_path: str, out: str, *, model: str, family: str,
-             max_length: int, batch_size: int, both_orders: bool, cache: Sequence[str] = (),
-             part_rows: int = 4096, precision: str = "fp32", prompt: str | None = None,
-             labels: Sequence[str] | None = None) -> pd.DataFrame:
-    """P(doc_a > doc_b | q) for every sampled pair; with ``both_orders`` also P(doc_b > doc_a), and
+def pairwise(pairs_path: str, corpus_path: str, queries_path: str, out: str, *, model: str, family: str = "auto",
+             max_length: int, batch_size: int, both_orders: bool = True, cache: Sequence[str] = (),
+             part_rows: int = 4096, precision: Precision = "fp32", prompt: str | None = None,
+             labels: tuple[str, str] | None = None) -> pd.DataFrame:
+    """Pairwise teacher P(a > b | q) of the sampled pairs.
+
+    P(doc_a > doc_b | q) for every sampled pair; with ``both_orders`` also P(doc_b > doc_a), and
     ``prob`` is their symmetrised mean (p_ab + 1 - p_ba) / 2, which cancels position bias.
 
     Pairs already scored by the same teacher in a ``cache`` file are reused; the rest is scored in
@@ -443,13 +593,15 @@ def pairwise(pairs_path: str, corpus_path: str, queries_path: str, out: str, *, 
     return rows
 
 
-def gather(shard_paths: Sequence[str], name: str, out: str) -> int:
-    """One Parquet file for a stage and iteration from its shard files, streamed shard by shard."""
-    rows = io.concat_files(list(shard_paths), name, out)
-    _log(f"gathered {rows} rows of {name} from {len(shard_paths)} shard(s) -> {out}")
-    if name in ("pointwise", "pairwise"):
+def gather(shards: Sequence[str], schema: Literal["run", "pointwise", "pairs", "pairwise"], out: str) -> int:
+    """One Parquet file from a stage's shard files.
+
+    One Parquet file for a stage and iteration from its shard files, streamed shard by shard."""
+    rows = io.concat_files(list(shards), schema, out)
+    _log(f"gathered {rows} rows of {schema} from {len(shards)} shard(s) -> {out}")
+    if schema in ("pointwise", "pairwise"):
         cached = int(io.read_table(out, columns=["cached"])["cached"].sum())
-        _log(_hit_line(name, cached, rows))
+        _log(_hit_line(schema, cached, rows))
     return rows
 
 
@@ -535,19 +687,46 @@ def draw_negatives(groups, negatives: dict[str, list[str]], positives: dict[str,
     return {"mined_per_query": per_query, "labelled_without_mined": without, "mined_repeated": repeated}
 
 
-def train(checkpoint_in: str, corpus_path: str, queries_path: str, qrels_path: str, pointwise_path: str,
-          pairwise_path: str, checkpoint_out: str, loss_out: str, *, split: str, nway: int, use_labels: bool,
-          seed: int, query_maxlen: int, doc_maxlen: int, unlabelled_queries: bool = False,
-          state_dir: str | None = None, save_every: int = 50, contrastive_negatives: str = "teacher",
-          mined_negatives: str | None = None, mined_per_query: int = 8, arch: str | None = None, **hyper) -> dict:
-    """Checkpoint n -> n+1. With ``unlabelled_queries`` (and ``use_labels``) queries of ``split``
+def _whole_batch(word: str) -> int | None:
+    """``--micro-batch``: 0 (as the rule passes null) or null is the whole batch."""
+    return None if word.lower() in ("none", "null", "all", "", "0") else int(word)
+
+
+def train(checkpoint: str, corpus_path: str, queries_path: str, qrels_path: str, pointwise_path: str,
+          pairwise_path: str, out: str, loss_out: str, *, split: str, nway: int, use_labels: bool = True,
+          seed: int = 0, query_maxlen: int, doc_maxlen: int, unlabelled_queries: bool = False,
+          state_dir: str | None = None, save_every: int = 50,
+          contrastive_negatives: Literal["teacher", "in_batch", "mined"] = "teacher",
+          mined_negatives: str | None = None,
+          mined_per_query: int = 8, arch: Literal["colbert", "dpr"] | None = None, batch_size: int,
+          epochs: int = 1, max_steps: int | None = None, lr: float, warmup: float = 0.1, weight_decay: float = 0.0,
+          lambda_kd: float = 1.0, lambda_pair: float = 3.0, temperature: float = 1.0,
+          in_batch_negatives: bool = False, micro_batch: Annotated[int | None, Opt(parse=_whole_batch)] = None,
+          precision: Precision = "auto", grad_checkpointing: bool = False) -> dict:
+    """Checkpoint n -> n+1 with L_CL + lambda_KD L_KD + lambda_pair L_pair.
+
+    Checkpoint n -> n+1. With ``unlabelled_queries`` (and ``use_labels``) queries of ``split``
     without a labelled positive are trained on too, with the KD and pairwise terms only. With
     ``state_dir`` a resumable state is kept there every ``save_every`` steps (removed when done).
 
     Launched as several processes, each reads and trains on its own share of the queries (a hash
     of the query id): no two read the same rows of the pointwise and pairwise files.
     ``contrastive_negatives: mined`` reads ``mined_negatives`` and gives each labelled group
-    ``mined_per_query`` of them."""
+    ``mined_per_query`` of them.
+
+    Args:
+        unlabelled_queries: with --use-labels: also train on queries without a labelled positive
+            (KD and pairwise terms only)
+        state_dir: keep a resumable training state here (outside the outputs); default: none
+        save_every: optimizer steps between two states
+        micro_batch: queries per forward/backward (gradient cache); default (or 0): the whole batch at once
+        precision: the encoders' precision (accelerate mixed precision); auto: bf16 on a GPU that has it
+        grad_checkpointing: recompute the encoder's activations in the backward pass (less memory, ~30% slower)
+        contrastive_negatives: L_CL's negatives: the query's teacher-ranked list, other queries' passages, or mined
+        mined_negatives: with --contrastive-negatives mined: Parquet (query_id, doc_id) or DRAGON JSON lines
+        mined_per_query: mined negatives per labelled query
+        arch: the student kind the checkpoint must be (default: whichever it is)
+    """
     from . import train as training
     from .errors import SettingError
 
@@ -584,22 +763,28 @@ def train(checkpoint_in: str, corpus_path: str, queries_path: str, qrels_path: s
     if missing:
         raise ValueError(f"{queries_path}: no text for {len(missing)} training queries of split {split!r}, "
                          f"e.g. {missing[:3]}")
-    stats = training.train(checkpoint_in, checkpoint_out, loss_out, corpus_texts=corpus, query_texts=queries,
+    stats = training.train(checkpoint, out, loss_out, corpus_texts=corpus, query_texts=queries,
                            groups=groups, nway=nway, use_labels=use_labels, seed=seed,
                            query_maxlen=query_maxlen, doc_maxlen=doc_maxlen, state_dir=state_dir,
-                           save_every=save_every, contrastive_negatives=contrastive_negatives, arch=arch, **hyper)
+                           save_every=save_every, contrastive_negatives=contrastive_negatives, arch=arch,
+                           batch_size=batch_size, epochs=epochs, max_steps=max_steps, lr=lr, warmup=warmup,
+                           weight_decay=weight_decay, lambda_kd=lambda_kd, lambda_pair=lambda_pair,
+                           temperature=temperature, in_batch_negatives=in_batch_negatives, micro_batch=micro_batch,
+                           precision=precision, grad_checkpointing=grad_checkpointing)
     _log(json.dumps({**gstats, **stats}))
     return stats
 
 
-def evaluate_retriever(checkpoint: str, index_dir: str, queries_path: str, qrels_path: str, out_dir: str, *,
-                       split: str, k: int, measures: Sequence[str], iteration: int, search: dict,
+def evaluate_retriever(checkpoint: str, index: str, queries_path: str, qrels_path: str, out_dir: str, *,
+                       split: str, k: int, measures: Sequence[str], iteration: int, search: Search,
                        eval_set: str) -> pd.DataFrame:
-    """Search the judged queries of ``split``; write run.parquet, run.trec and metrics.parquet into ``out_dir``."""
+    """Search a split's queries; run + metrics + TREC file.
+
+    Search the judged queries of ``split``; write run.parquet, run.trec and metrics.parquet into ``out_dir``."""
     from .students import colbert
 
     queries, qrels = _split_queries(queries_path, qrels_path, split, judged_only=True)
-    run = colbert.search(checkpoint, index_dir, queries, k, progress_label="evaluate", **search)
+    run = colbert.search(checkpoint, index, queries, k, progress_label="evaluate", **search)
     return _write_eval(run, qrels, Path(out_dir), measures, system=f"iteration {iteration}", iteration=iteration,
                        eval_set=eval_set)
 
@@ -613,18 +798,26 @@ def _write_eval(run, qrels, out: Path, measures, *, system: str, iteration: int 
     return table
 
 
-def evaluate_qa(checkpoint: str, index_dir: str, corpus_path: str, queries_path: str, answers_path: str,
-                out_dir: str, *, ks: Sequence[int], match: str, iteration: int, search: dict,
-                eval_set: str) -> pd.DataFrame:
-    """Search every question of an open-domain QA set for its top max(ks) passages; write run.parquet,
-    run.trec and metrics.parquet (Recall@k: an answer string in one of the top k passages) into ``out_dir``."""
+def evaluate_qa(checkpoint: str, index: str, corpus_path: str, queries_path: str, answers_path: str,
+                out_dir: str, *, k: Sequence[int], match: Literal["string", "squad"] = "string", iteration: int,
+                search: Search, eval_set: str) -> pd.DataFrame:
+    """Search a QA set's questions; run + Recall@k by answer match.
+
+    Search every question of an open-domain QA set for its top max(k) passages; write run.parquet,
+    run.trec and metrics.parquet (Recall@k: an answer string in one of the top k passages) into ``out_dir``.
+
+    Args:
+        k: the cutoffs of Recall@k; searches max(k)
+        match: answer normalisation: DPR's string match, or SQuAD's (no punctuation, no articles)
+        eval_set: name of the evaluation set in the metrics, e.g. qa/nq
+    """
     from . import answers
     from .students import colbert
 
     queries = io.read_table(queries_path, "queries")
     questions = dict(queries[["query_id", "text"]].itertuples(index=False))
-    run = colbert.search(checkpoint, index_dir, questions, max(ks), progress_label="evaluate-qa", **search)
-    table = answers.qa_metrics(run, corpus_path, answers_path, list(questions), ks, match=match,
+    run = colbert.search(checkpoint, index, questions, max(k), progress_label="evaluate-qa", **search)
+    table = answers.qa_metrics(run, corpus_path, answers_path, list(questions), k, match=match,
                                system=f"iteration {iteration}", iteration=iteration, eval_set=eval_set)
     out = Path(out_dir)
     io.write_table(run, "run", out / "run.parquet")
@@ -635,11 +828,17 @@ def evaluate_qa(checkpoint: str, index_dir: str, corpus_path: str, queries_path:
 
 
 def rerank_pointwise(run_path: str, corpus_path: str, queries_path: str, qrels_path: str, out_dir: str, *,
-                     split: str, depth: int, measures: Sequence[str], model: str, family: str, max_length: int,
+                     split: str, depth: int, measures: Sequence[str], model: str, family: str = "auto", max_length: int,
                      batch_size: int, eval_set: str, system: str | None = None,
-                     precision: str = "fp32", prompt: str | None = None,
-                     labels: Sequence[str] | None = None) -> pd.DataFrame:
-    """The pointwise teacher as a reranker of the top-``depth`` of a run (e.g. iteration 0's)."""
+                     precision: Precision = "fp32", prompt: str | None = None,
+                     labels: tuple[str, str] | None = None) -> pd.DataFrame:
+    """The pointwise teacher as a reranker of a run's top.
+
+    The pointwise teacher as a reranker of the top-``depth`` of a run (e.g. iteration 0's).
+
+    Args:
+        system: the system's name in the metrics
+    """
     from . import teachers
 
     run = io.read_table(run_path, "run")
@@ -657,10 +856,12 @@ def rerank_pointwise(run_path: str, corpus_path: str, queries_path: str, qrels_p
 
 
 def rerank_pairwise(run_path: str, corpus_path: str, queries_path: str, qrels_path: str, out_dir: str, *,
-                    split: str, depth: int, measures: Sequence[str], model: str, family: str, max_length: int,
-                    batch_size: int, eval_set: str, precision: str = "fp32", prompt: str | None = None,
-                    labels: Sequence[str] | None = None) -> pd.DataFrame:
-    """The pairwise teacher as a reranker: every ordered pair of a run's top-``depth`` (e.g. the
+                    split: str, depth: int, measures: Sequence[str], model: str, family: str = "auto", max_length: int,
+                    batch_size: int, eval_set: str, precision: Precision = "fp32", prompt: str | None = None,
+                    labels: tuple[str, str] | None = None) -> pd.DataFrame:
+    """The pairwise teacher as a reranker of a run's top.
+
+    The pairwise teacher as a reranker: every ordered pair of a run's top-``depth`` (e.g. the
     pointwise teacher's), aggregated with duoT5's sym-sum."""
     from . import teachers
 
@@ -685,6 +886,7 @@ def rerank_pairwise(run_path: str, corpus_path: str, queries_path: str, qrels_pa
 
 
 def summarize(metric_paths: Sequence[str], out: str, out_tsv: str | None = None) -> pd.DataFrame:
+    """The metrics files as one table (systems as rows, measures as columns) -> ``out`` (and ``out_tsv``)."""
     table = evaluate.summary([io.read_table(p, "metrics") for p in metric_paths])
     with io.atomic_path(out) as tmp:
         table.to_parquet(tmp, index=False)
@@ -695,18 +897,35 @@ def summarize(metric_paths: Sequence[str], out: str, out_tsv: str | None = None)
     return table
 
 
+def summary(metrics: Sequence[str], out: str, out_tsv: str | None = None, teacher_scores: Sequence[str] = (),
+            cache_out: str | None = None) -> pd.DataFrame:
+    """One table: systems as rows, measures as columns.
+
+    Args:
+        teacher_scores: gathered pointwise/pairwise files whose cache hit rates to report
+    """
+    teacher_cache_report(teacher_scores, cache_out)
+    return summarize(metrics, out, out_tsv)
+
+
 def pair_accuracy(student_run_path: str, pointwise_run_path: str, qrels_path: str, queries_path: str,
                   corpus_path: str, out: str, metrics_out: str, *, split: str, depth: int, delta: int,
-                  pairwise_model: str, pairwise_family: str, pairwise_max_length: int, batch_size: int,
+                  model: str, family: str = "auto", max_length: int, batch_size: int,
                   eval_set: str, pointwise_system: str, pairwise_system: str,
-                  pairwise_precision: str = "fp32", pairwise_prompt: str | None = None,
-                  pairwise_labels: Sequence[str] | None = None) -> pd.DataFrame:
-    """Pair accuracy (the paper's Table 5) of the student, the pointwise and the pairwise teacher
+                  precision: Precision = "fp32", prompt: str | None = None,
+                  labels: tuple[str, str] | None = None) -> pd.DataFrame:
+    """Pair accuracy of the student and both teachers on judged pairs.
+
+    Pair accuracy (the paper's Table 5) of the student, the pointwise and the pairwise teacher
     on the same judged pairs: in the pointwise teacher's reranked top-``depth`` of the student's
     run, every (relevant, non-relevant) pair less than ``delta`` ranks apart, as pair sampling
     draws them. A system is right when it puts the relevant passage first (a tie counts 1/2):
     the student by its retrieval score, the pointwise teacher by its order, the pairwise
-    teacher by (P(r > n) + 1 - P(n > r)) / 2 > 1/2."""
+    teacher by (P(r > n) + 1 - P(n > r)) / 2 > 1/2.
+
+    Args:
+        model: the pairwise teacher: fitted teacher dir, local path, cached hub id or 'minilm'
+    """
     from . import teachers
     from .teachers import fusion
 
@@ -723,9 +942,9 @@ def pair_accuracy(student_run_path: str, pointwise_run_path: str, qrels_path: st
             rows.append((qid, docs[i], docs[j], i + 1, j + 1))
     pairs_df = pd.DataFrame(rows, columns=["query_id", "doc_rel", "doc_non", "rank_rel", "rank_non"])
     corpus = _passages(corpus_path, pd.concat([pairs_df["doc_rel"], pairs_df["doc_non"]]).unique())
-    scorer = teachers.load_pairwise(pairwise_model, pairwise_family, max_length=pairwise_max_length,
-                                    batch_size=batch_size, precision=pairwise_precision, prompt=pairwise_prompt,
-                                    labels=pairwise_labels)
+    scorer = teachers.load_pairwise(model, family, max_length=max_length,
+                                    batch_size=batch_size, precision=precision, prompt=prompt,
+                                    labels=labels)
     q = [queries[x] for x in pairs_df["query_id"]]
     a, b = [corpus[x] for x in pairs_df["doc_rel"]], [corpus[x] for x in pairs_df["doc_non"]]
     probs = scorer.prob(q + q, a + b, b + a, progress_label="pair-accuracy") if len(q) else np.zeros(0)
@@ -760,13 +979,15 @@ def pair_accuracy(student_run_path: str, pointwise_run_path: str, qrels_path: st
     return table
 
 
-def corpus_baselines(teacher_dir: str, queries_path: str, qrels_path: str, out_dir: str, *, split: str, k: int,
+def corpus_baselines(teacher: str, queries_path: str, qrels_path: str, out_dir: str, *, split: str, k: int,
                      measures: Sequence[str], eval_set: str) -> pd.DataFrame:
-    """First-stage baselines over the whole corpus from a fusion teacher's features: BM25 alone,
+    """BM25, bi-encoder and fused teacher over the whole corpus.
+
+    First-stage baselines over the whole corpus from a fusion teacher's features: BM25 alone,
     the base bi-encoder alone, and the teacher's own fused score; one eval directory each."""
     from .teachers import fusion
 
-    feats = fusion.Features(teacher_dir, device="cpu")
+    feats = fusion.Features(teacher, device="cpu")
     queries, qrels = _split_queries(queries_path, qrels_path, split, judged_only=True)
     qids = sorted(queries)
     z = feats.query_scores([queries[q] for q in qids])

@@ -28,7 +28,9 @@ def collect(directory: str | Path = "benchmarks") -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["rule", "job", "seconds", "max_rss_mb"])
 
 
-def report(directory: str | Path = "benchmarks") -> str:
+def report(dir: str | Path = "benchmarks") -> str:
+    """Per-stage wall time and peak memory from benchmark files."""
+    directory = dir
     jobs = collect(directory)
     if jobs.empty:
         return f"no benchmark files under {directory}/"
