@@ -47,18 +47,22 @@ loss rows so far), each atomically, and a rerun with the same inputs and hyperpa
 from it bit-exactly (on CPU); the state directory is removed once the checkpoint and loss curve are
 written.
 
-The package, by concern: :mod:`.batches` (groups, a step's batch, where its passages sit, the data
-position), :mod:`.parallel` (the exchange between processes), :mod:`.state` (the resumable state)
+The package, by concern: :mod:`.batches` (groups, columnar, a step's batch, where its passages sit,
+the data position), :mod:`.passages` (the groups' passage texts as Arrow strings), :mod:`.parallel`
+(the exchange between processes), :mod:`.state` (the resumable state)
 and :mod:`.loop` (the student kinds' interface, a step's loss and gradients, precision, and
 :func:`train` itself).
 """
 
-from .batches import Batch, Group, build_groups, in_batch_positive, make_batch
+from .batches import Batch, Group, Groups, build_groups, in_batch_positive, make_batch
 from .loop import (COLBERT, CONTRASTIVE_NEGATIVES, PRECISIONS, ColBERTKind, batch_gradients, resolve_precision,
                    step_loss, student_kind, train)
 from .parallel import launch_rank
+from .passages import PassageTexts, read_passages
 from .state import STATE_FORMAT, load_state, remove_state_dir, run_fingerprint, save_state
 
-__all__ = ["Batch", "Group", "build_groups", "in_batch_positive", "make_batch", "COLBERT", "CONTRASTIVE_NEGATIVES",
-           "PRECISIONS", "ColBERTKind", "batch_gradients", "resolve_precision", "step_loss", "student_kind", "train",
-           "launch_rank", "STATE_FORMAT", "load_state", "remove_state_dir", "run_fingerprint", "save_state"]
+__all__ = ["Batch", "Group", "Groups", "build_groups", "in_batch_positive", "make_batch", "COLBERT",
+           "CONTRASTIVE_NEGATIVES", "PRECISIONS", "ColBERTKind", "batch_gradients", "resolve_precision", "step_loss",
+           "student_kind", "train",
+           "launch_rank", "PassageTexts", "read_passages", "STATE_FORMAT", "load_state", "remove_state_dir",
+           "run_fingerprint", "save_state"]

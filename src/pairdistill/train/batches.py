@@ -10,10 +10,12 @@ resumable state.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 
@@ -27,67 +29,400 @@ class Group:
     negatives: list[str] = field(default_factory=list)  # mined negatives (contrastive_negatives: mined)
 
 
-def build_groups(pointwise: pd.DataFrame, pairwise: pd.DataFrame, positives: dict[str, set[str]], *,
+class GroupView:
+    """Group ``i`` of a columnar :class:`Groups`, read (and its teacher scores and negatives set)
+    as a :class:`Group`: the loop's batches take a few dozen of these a step."""
+
+    __slots__ = ("_of", "_i")
+
+    def __init__(self, of: "Groups", i: int):
+        self._of, self._i = of, i
+
+    @property
+    def query_id(self) -> str:
+        return self._of.query_ids[self._i].as_py()
+
+    @property
+    def doc_codes(self) -> np.ndarray:
+        return self._of.doc_codes[self._i]
+
+    @property
+    def doc_ids(self) -> list[str]:
+        return self._of.doc_vocab.take(pa.array(self._of.doc_codes[self._i])).to_pylist()
+
+    @property
+    def teacher_scores(self) -> list[float]:
+        return self._of.teacher[self._i].tolist()
+
+    @teacher_scores.setter
+    def teacher_scores(self, values) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        if not np.array_equal(values.astype(self._of.teacher.dtype), values):
+            self._of.teacher = self._of.teacher.astype(np.float64)
+        self._of.teacher[self._i] = values
+
+    @property
+    def positive_index(self) -> int | None:
+        pi = self._of.positive_index
+        return None if pi is None else int(pi[self._i])
+
+    @property
+    def pairs(self) -> list[tuple[int, int, float]]:
+        lo, hi = self._of.pair_offsets[self._i], self._of.pair_offsets[self._i + 1]
+        ij, p = self._of.pair_ij[lo:hi].tolist(), self._of.pair_prob[lo:hi].tolist()
+        return [(i, j, q) for (i, j), q in zip(ij, p)]
+
+    @property
+    def negatives(self) -> list[str]:
+        return self._of.negatives.get(self._i, [])
+
+    @negatives.setter
+    def negatives(self, values) -> None:
+        if values:
+            self._of.negatives[self._i] = list(values)
+        else:
+            self._of.negatives.pop(self._i, None)
+
+
+class Groups(Sequence):
+    """Training groups, column by column: what :func:`build_groups` returns.
+
+    ``query_ids`` (n,) Arrow strings, in sorted order; ``doc_codes`` (n, nway) int32 rows of
+    ``doc_vocab`` (Arrow strings); ``teacher`` (n, nway) the pointwise teacher's scores (the file's
+    float dtype); ``positive_index`` (n,) int8 (-1 unlabelled) or None without labels; the pairs of
+    group g are rows ``pair_offsets[g]:pair_offsets[g+1]`` of ``pair_ij`` (P, 2) int16 (columns in
+    the group) and ``pair_prob`` (P,); ``negatives`` {group: mined negative ids}. ``groups[i]`` is
+    a :class:`GroupView` with the fields of a :class:`Group`.
+    """
+
+    def __init__(self, query_ids: pa.Array, doc_vocab: pa.Array, doc_codes: np.ndarray, teacher: np.ndarray,
+                 positive_index: np.ndarray | None, pair_offsets: np.ndarray, pair_ij: np.ndarray,
+                 pair_prob: np.ndarray):
+        self.query_ids, self.doc_vocab, self.doc_codes, self.teacher = query_ids, doc_vocab, doc_codes, teacher
+        self.positive_index, self.pair_offsets, self.pair_ij, self.pair_prob = (positive_index, pair_offsets,
+                                                                                pair_ij, pair_prob)
+        self.negatives: dict[int, list[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self.doc_codes)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return GroupView(self, i)
+
+    def query_id_list(self) -> list[str]:
+        return self.query_ids.to_pylist()
+
+    def passage_ids(self) -> pa.Array:
+        """Every passage id of the groups and their mined negatives, each once."""
+        used = np.unique(self.doc_codes)
+        ids = self.doc_vocab.take(pa.array(used))
+        if self.negatives:
+            ids = pc.unique(pa.concat_arrays([ids.cast(pa.string()), pa.array(
+                [d for v in self.negatives.values() for d in v], type=pa.string())]))
+        return ids
+
+    def to_groups(self) -> list[Group]:
+        """As a list of :class:`Group` (small cases: tests)."""
+        return [Group(g.query_id, g.doc_ids, g.teacher_scores, g.positive_index, g.pairs, g.negatives) for g in self]
+
+
+def _column(frame, name: str):
+    """A column of a DataFrame or an Arrow table."""
+    return frame.column(name) if isinstance(frame, pa.Table) else frame[name]
+
+
+def _strings(col, keep_dictionary: bool = False) -> pa.ChunkedArray:
+    """A column of ids as Arrow strings (a dictionary-encoded one, as Parquet's own dictionaries
+    read it, kept so with ``keep_dictionary``: its ids are then hashed once per row group)."""
+    if isinstance(col, pa.Array):
+        col = pa.chunked_array([col])
+    elif not isinstance(col, pa.ChunkedArray):
+        col = pa.chunked_array([pa.array(np.asarray(col, dtype=object), type=pa.string())], type=pa.string())
+    if pa.types.is_dictionary(col.type):
+        if keep_dictionary:
+            return col
+        col = col.cast(col.type.value_type)
+    return col if col.type == pa.string() else col.cast(pa.string())
+
+
+def _encode(col) -> tuple[pa.Array, np.ndarray]:
+    """(unique ids, each row's int64 index into them) of a column of ids."""
+    col = _strings(col, keep_dictionary=True)
+    if pa.types.is_dictionary(col.type):
+        if col.num_chunks == 0:
+            return pa.array([], type=pa.string()), np.zeros(0, dtype=np.int64)
+        col = col.unify_dictionaries()
+        vocab = _strings(col.chunks[0].dictionary).combine_chunks()
+        idx = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in col.chunks]).astype(np.int64)
+        if len(pc.unique(vocab)) == len(vocab):
+            return vocab, idx
+        col = pa.chunked_array([vocab.take(pa.array(idx))])
+    return _codes(col.dictionary_encode())
+
+
+def _numbers(col) -> np.ndarray:
+    if isinstance(col, (pa.Array, pa.ChunkedArray)):
+        return col.to_numpy()
+    return np.asarray(col)
+
+
+def _codes(encoded: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """(dictionary, int64 indices) of a dictionary-encoded chunked array (one dictionary for all chunks)."""
+    if encoded.num_chunks == 0:
+        return pa.array([], type=pa.string()), np.zeros(0, dtype=np.int64)
+    return (encoded.chunks[-1].dictionary,
+            np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in encoded.chunks]).astype(np.int64))
+
+
+def _lookup(vocab: pa.Array, values) -> np.ndarray:
+    """Each value's row in ``vocab`` (unique strings), -1 where it is not there (one hash pass)."""
+    values = _strings(values, keep_dictionary=True)
+    if len(values) == 0:
+        return np.zeros(0, dtype=np.int64)
+    if pa.types.is_dictionary(values.type):
+        unique, idx = _encode(values)
+        return _lookup(vocab, unique)[idx]
+    _, idx = _codes(pa.chunked_array([vocab, *values.chunks], type=pa.string()).dictionary_encode())
+    idx = idx[len(vocab):]
+    idx[idx >= len(vocab)] = -1
+    return idx
+
+
+def _runs(sorted_q: np.ndarray) -> np.ndarray:
+    """Where each run of equal values of ``sorted_q`` starts."""
+    if not len(sorted_q):
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([[0], np.flatnonzero(sorted_q[1:] != sorted_q[:-1]) + 1])
+
+
+def _order(codes: np.ndarray, then: np.ndarray | None = None) -> np.ndarray:
+    """The stable order of rows by ``codes`` (then ``then``): one pass when the rows of each code
+    are already together (and ``then`` ascending within them), as the pipeline writes its files."""
+    starts = _runs(codes)
+    n = len(codes)
+    ordered = then is None or bool(np.all((np.diff(then) > 0) | (np.diff(codes) != 0)))
+    if len(starts) != len(np.unique(codes[starts])) or not ordered:
+        return np.lexsort((then, codes)) if then is not None else np.argsort(codes, kind="stable")
+    lens = np.diff(np.append(starts, n))
+    by = np.argsort(codes[starts], kind="stable")
+    first = starts[by]
+    out_starts = np.concatenate([[0], np.cumsum(lens[by])[:-1]])
+    return np.arange(n) + np.repeat(first - out_starts, lens[by])
+
+
+def _member(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    if not len(sorted_keys):
+        return np.zeros(len(keys), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return sorted_keys[at] == keys
+
+
+BLOCK_QUERIES = 16_384  # queries grouped at once: bounds the temporaries whatever the number of queries
+BLOCK_CELLS = 1 << 22   # and queries x the longest list among them
+
+
+def _block(q0, q1, q_pw, d_pw, scores, is_pos, starts, eligible, has_label, first_label, use_labels,
+           pair_q, pair_a, pair_b, pair_p, pair_starts, nway, M, rng) -> dict:
+    """The groups of queries ``q0 .. q1-1`` (sorted codes), on a (queries, list positions) grid.
+
+    Every passage a query may take is a position of its list (its first, if listed twice); each
+    position gets the time it is first offered, positive 0, the pairs' passages 1 + their place in
+    the permuted pair order, the pool 1 + 2 * pairs + position; a group is the nway earliest."""
+    nb = q1 - q0
+    r0, r1 = starts[q0], starts[q1]
+    bq, bd, bs, bpos = q_pw[r0:r1] - q0, d_pw[r0:r1], scores[r0:r1], is_pos[r0:r1]
+    width = max(1, int(np.diff(starts[q0:q1 + 1]).max()))
+    pos_in_list = np.arange(r1 - r0) - (starts[q0:q1] - r0)[bq]
+    # (query, passage) -> its first and last row: one stable sort of the block's keys
+    keys = bq * M + bd
+    by_key = np.argsort(keys, kind="stable")
+    sorted_keys = keys[by_key]
+    run = _runs(sorted_keys)
+    run_of = np.empty(len(keys), dtype=np.int64)
+    run_of[by_key] = np.repeat(np.arange(len(run)), np.diff(np.append(run, len(keys))))
+    first_row = by_key[run]                                      # rows are in rank order: the first is the best
+    last_row = by_key[np.append(run[1:], len(keys)) - 1]
+    canon = pos_in_list[first_row][run_of]                        # each row's passage at its first position
+    score_at = np.zeros((nb, width), dtype=bs.dtype)
+    score_at[bq[first_row], pos_in_list[first_row]] = bs[last_row]  # as a dict of the list: its last score
+
+    def where(q, d):
+        """First list position of passage d in query q's list, -1 where it is not in it."""
+        k = q * M + d
+        at = np.minimum(np.searchsorted(sorted_keys, k), max(len(sorted_keys) - 1, 0))
+        hit = sorted_keys[at] == k if len(sorted_keys) else np.zeros(len(k), dtype=bool)
+        return np.where(hit, canon[by_key[at]] if len(sorted_keys) else 0, -1)
+
+    belig = eligible[q0:q1]
+    pool = belig[bq] & ~bpos
+    s0, s1 = pair_starts[q0], pair_starts[q1]
+    aq, ap = pair_q[s0:s1] - q0, pair_p[s0:s1]
+    ja, jb = where(aq, pair_a[s0:s1]), where(aq, pair_b[s0:s1])
+    seg = pair_starts[q0:q1 + 1] - s0
+    perm = np.arange(len(aq))
+    for q in np.flatnonzero(np.diff(seg)).tolist():
+        lo, hi = seg[q], seg[q + 1]
+        perm[lo:hi] = lo + rng.permutation(hi - lo)
+    # when each list position is first offered
+    never = np.iinfo(np.int64).max
+    offered = np.full((nb, width), never, dtype=np.int64)
+    late = 1 + 2 * int(np.diff(seg).max(initial=0))
+    offered[bq[pool], canon[pool]] = late + canon[pool]
+    t = np.arange(2 * len(aq)) - 2 * np.repeat(seg[:-1], 2 * np.diff(seg))  # place in the query's (a, b) sequence
+    cq, cj = np.repeat(aq, 2), np.stack([ja[perm], jb[perm]], axis=1).ravel()
+    ok = cj >= 0
+    ok[ok] = pool[starts[q0 + cq[ok]] - r0 + cj[ok]]
+    np.minimum.at(offered, (cq[ok], cj[ok]), 1 + t[ok])
+    if use_labels:
+        lab = np.flatnonzero(has_label[q0:q1])
+        offered[lab, first_label[q0 + lab] - starts[q0 + lab]] = 0
+    take = np.argsort(offered, axis=1, kind="stable")[:, :nway]
+    got = np.take_along_axis(offered, take, axis=1) < never
+    full = got.all(axis=1) & belig if take.shape[1] == nway else np.zeros(nb, dtype=bool)
+    kept = np.flatnonzero(full)
+    cols = take[kept]
+    col_of = np.full((len(kept), width), -1, dtype=np.int64)
+    np.put_along_axis(col_of, cols, np.arange(nway)[None, :], axis=1)
+    local = np.full(nb, -1, dtype=np.int64)
+    local[kept] = np.arange(len(kept))
+    rows = starts[q0 + kept][:, None] + cols
+    # the pairs (file order) with both passages in the group
+    g = local[aq]
+    inside = (g >= 0) & (ja >= 0) & (jb >= 0)
+    ia = np.where(inside, col_of[np.maximum(g, 0), np.maximum(ja, 0)], -1)
+    ib = np.where(inside, col_of[np.maximum(g, 0), np.maximum(jb, 0)], -1)
+    inside &= (ia >= 0) & (ib >= 0)
+    return {"short": int((belig & ~full).sum()), "q": kept + q0, "codes": d_pw[rows].astype(np.int32),
+            "scores": score_at[kept[:, None], cols], "pos": np.where(has_label[q0 + kept], 0, -1).astype(np.int8),
+            "counts": np.bincount(g[inside], minlength=len(kept)),
+            "ij": np.stack([ia[inside], ib[inside]], axis=1).astype(np.int16), "prob": ap[inside]}
+
+
+def build_groups(pointwise, pairwise, positives: dict[str, set[str]], *,
                  nway: int, use_labels: bool, seed: int,
-                 unlabelled_queries: bool = False) -> tuple[list[Group], dict]:
+                 unlabelled_queries: bool = False) -> tuple[Groups, dict]:
     """Training groups of exactly ``nway`` passages; returns them and counts of what was skipped.
+
+    One group per query of ``pointwise`` (a DataFrame or an Arrow table with query_id, doc_id,
+    teacher_score, teacher_rank), in sorted query order: the labelled positive first (with
+    ``use_labels``), then the passages of the query's sampled pairs (``pairwise``: query_id, doc_a,
+    doc_b, prob) in a random order (one ``rng.permutation`` of its pairs per query that gets this
+    far), then the best teacher-ranked rest, each passage once; with the teacher's scores and the
+    pairs (in file order) whose two passages are both in the group.
 
     With ``use_labels``, a query needs a labelled positive in its list (the pointwise stage adds
     every labelled positive to it) and the other labelled positives are left out of the group,
     since the contrastive term would push them down as negatives. With ``unlabelled_queries``
     too, a query without one is kept with ``positive_index = -1``: its group is built from the
     teacher's ranked list as without labels, and the loss gives it no contrastive term.
+
+    Computed on integer codes of the ids, a block of queries at a time (:data:`BLOCK_QUERIES`),
+    into a columnar :class:`Groups`; no Python object per passage.
     """
     rng = np.random.default_rng(seed)
-    pairs_by_q = {q: df for q, df in pairwise.groupby("query_id", sort=False)}
-    groups, skipped_short, skipped_unlabelled, kept_unlabelled = [], 0, 0, 0
-    for qid, ranked in pointwise.sort_values(["query_id", "teacher_rank"]).groupby("query_id", sort=True):
-        doc_ids = ranked["doc_id"].tolist()
-        score_of = dict(zip(doc_ids, ranked["teacher_score"].astype(float)))
-        pos = positives.get(qid, set())
-        chosen: list[str] = []
-        positive_index = None
-        if use_labels:
-            labelled = [d for d in doc_ids if d in pos]
-            if labelled:
-                chosen.append(labelled[0])  # the teacher's best-ranked labelled positive
-                positive_index = 0
-            elif unlabelled_queries:
-                positive_index = -1
-            else:
-                skipped_unlabelled += 1
-                continue
-            pool = [d for d in doc_ids if d not in pos]
-        else:
-            pool = list(doc_ids)
-        qpairs = pairs_by_q.get(qid)
-        pool_set = set(pool)
-        if qpairs is not None and len(qpairs):
-            order = rng.permutation(len(qpairs))
-            for a, b in qpairs[["doc_a", "doc_b"]].to_numpy()[order]:
-                for d in (a, b):
-                    if len(chosen) < nway and d in pool_set and d not in chosen:
-                        chosen.append(d)
-        for d in pool:
-            if len(chosen) >= nway:
-                break
-            if d not in chosen:
-                chosen.append(d)
-        if len(chosen) < nway:
-            skipped_short += 1
-            continue
-        index = {d: i for i, d in enumerate(chosen)}
-        group_pairs = []
-        if qpairs is not None:
-            for a, b, p in qpairs[["doc_a", "doc_b", "prob"]].itertuples(index=False):
-                if a in index and b in index:
-                    group_pairs.append((index[a], index[b], float(p)))
-        kept_unlabelled += positive_index == -1
-        groups.append(Group(qid, chosen, [score_of[d] for d in chosen], positive_index, group_pairs))
+    n_pairs_sampled = int(len(pairwise) if not isinstance(pairwise, pa.Table) else pairwise.num_rows)
+    # queries: sorted codes; passages: codes in order of first appearance (ND: "not a passage of any list")
+    q_dict, q_raw = _encode(_column(pointwise, "query_id"))
+    by_name = np.asarray(pc.array_sort_indices(q_dict), dtype=np.int64)
+    q_vocab = q_dict.take(pa.array(by_name))
+    q_rank = np.empty(len(q_dict), dtype=np.int64)
+    q_rank[by_name] = np.arange(len(q_dict))
+    q_pw = q_rank[q_raw]
+    del q_raw
+    d_vocab, d_pw = _encode(_column(pointwise, "doc_id"))
+    nq, nd = len(q_vocab), len(d_vocab)
+    M = nd + 1
+    if nq == 0:
+        empty = Groups(q_vocab, d_vocab, np.zeros((0, nway), dtype=np.int32), np.zeros((0, nway)),
+                       np.zeros(0, dtype=np.int8) if use_labels else None, np.zeros(1, dtype=np.int64),
+                       np.zeros((0, 2), dtype=np.int16), np.zeros(0, dtype=np.float32))
+        return empty, {"groups": 0, "skipped_short_list": 0, "skipped_no_positive": 0, "unlabelled_groups": 0,
+                       "pairs_in_groups": 0, "pairs_sampled": n_pairs_sampled}
+    scores = _numbers(_column(pointwise, "teacher_score"))
+    if scores.dtype not in (np.float32, np.float64):
+        scores = scores.astype(np.float64)
+    order = _order(q_pw, _numbers(_column(pointwise, "teacher_rank")))
+    q_pw, d_pw, scores = q_pw[order], d_pw[order], scores[order]
+    del order
+    starts = np.searchsorted(q_pw, np.arange(nq + 1))
+
+    # labelled positives, as sorted (query, passage) keys; the teacher's best-ranked one per query
+    has_label = np.zeros(nq, dtype=bool)
+    first_label = np.zeros(nq, dtype=np.int64)
+    is_pos = np.zeros(len(q_pw), dtype=bool)
+    if use_labels and positives:
+        pq_ids = [q for q, docs in positives.items() for _ in docs]
+        pd_ids = [d for docs in positives.values() for d in docs]
+        pq = _lookup(q_dict, pa.chunked_array([pa.array(pq_ids, type=pa.string())]))
+        pq = np.where(pq >= 0, q_rank[np.maximum(pq, 0)], -1)
+        pdoc = _lookup(d_vocab, pa.chunked_array([pa.array(pd_ids, type=pa.string())]))
+        ok = (pq >= 0) & (pdoc >= 0)
+        pos_keys = np.unique(pq[ok] * M + pdoc[ok])
+        is_pos = _member(pos_keys, q_pw * M + d_pw)
+        rows = np.flatnonzero(is_pos)
+        labelled_q, first = np.unique(q_pw[rows], return_index=True)
+        has_label[labelled_q] = True
+        first_label[labelled_q] = rows[first]
+    eligible = has_label | unlabelled_queries if use_labels else np.ones(nq, dtype=bool)
+
+    # pairs of the eligible queries, by query, in file order within one
+    pq_all = _lookup(q_dict, _column(pairwise, "query_id"))
+    pq_all = np.where(pq_all >= 0, q_rank[np.maximum(pq_all, 0)], -1)
+    keep = pq_all >= 0
+    keep[keep] = eligible[pq_all[keep]]
+    pair_rows = np.flatnonzero(keep)
+    pair_rows = pair_rows[_order(pq_all[pair_rows])]
+    pair_q = pq_all[pair_rows]
+    del pq_all, keep
+
+    def _docs(name):
+        codes = _lookup(d_vocab, _column(pairwise, name))[pair_rows] if len(pair_rows) else \
+            np.zeros(0, dtype=np.int64)
+        codes[codes < 0] = nd
+        return codes
+
+    pair_a, pair_b = _docs("doc_a"), _docs("doc_b")
+    pair_p = _numbers(_column(pairwise, "prob"))[pair_rows] if len(pair_rows) else np.zeros(0, dtype=np.float32)
+    del pair_rows
+    pair_starts = np.searchsorted(pair_q, np.arange(nq + 1))
+
+    out_q, out_codes, out_scores, out_pos, out_counts, out_ij, out_prob = [], [], [], [], [], [], []
+    skipped_short = 0
+    lens = np.diff(starts)
+    q0 = 0
+    while q0 < nq:
+        q1 = min(nq, q0 + BLOCK_QUERIES)
+        q1 = q0 + max(1, min(q1 - q0, BLOCK_CELLS // max(1, int(lens[q0:q1].max()))))
+        out = _block(q0, q1, q_pw, d_pw, scores, is_pos, starts, eligible, has_label, first_label, use_labels,
+                     pair_q, pair_a, pair_b, pair_p, pair_starts, nway, M, rng)
+        skipped_short += out.pop("short")
+        for part, store in (("q", out_q), ("codes", out_codes), ("scores", out_scores), ("pos", out_pos),
+                            ("counts", out_counts), ("ij", out_ij), ("prob", out_prob)):
+            store.append(out[part])
+        q0 = q1
+
+    def _cat(parts, shape, dtype):
+        return np.concatenate(parts) if parts else np.zeros(shape, dtype=dtype)
+
+    gq = _cat(out_q, 0, np.int64)
+    counts = _cat(out_counts, 0, np.int64)
+    offsets = np.zeros(len(gq) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    positive_index = _cat(out_pos, 0, np.int8) if use_labels else None
+    groups = Groups(q_vocab.take(pa.array(gq, type=pa.int64())), d_vocab,
+                    _cat(out_codes, (0, nway), np.int32), _cat(out_scores, (0, nway), scores.dtype),
+                    positive_index, offsets, _cat(out_ij, (0, 2), np.int16), _cat(out_prob, 0, pair_p.dtype))
     stats = {"groups": len(groups), "skipped_short_list": skipped_short,
-             "skipped_no_positive": skipped_unlabelled, "unlabelled_groups": int(kept_unlabelled),
-             "pairs_in_groups": sum(len(g.pairs) for g in groups),
-             "pairs_sampled": int(len(pairwise))}
+             "skipped_no_positive": int((~eligible).sum()),
+             "unlabelled_groups": int((positive_index == -1).sum()) if use_labels else 0,
+             "pairs_in_groups": int(offsets[-1]), "pairs_sampled": n_pairs_sampled}
     return groups, stats
 
 
@@ -170,11 +505,14 @@ def _layout(shares: list[tuple[int, torch.Tensor]], nway: int, device) -> Layout
     return Layout(torch.cat(cols).long(), torch.cat(owner).long(), torch.cat(pos).long())
 
 
-def groups_digest(groups: list[Group], query_texts: dict[str, str]) -> str:
+def groups_digest(groups, query_texts: dict[str, str]) -> str:
     """sha256 over every group (query and its text, positive, passages, teacher scores, pairs).
 
-    Built from a few large buffers rather than per group, so ~800K groups take a few seconds.
+    Built from a few large buffers rather than per group, so ~800K groups take a few seconds; a
+    columnar :class:`Groups` and the same groups as a list of :class:`Group` give the same digest.
     """
+    if isinstance(groups, Groups):
+        return _columnar_digest(groups, query_texts)
     from itertools import chain
 
     h = hashlib.sha256()
@@ -186,6 +524,33 @@ def groups_digest(groups: list[Group], query_texts: dict[str, str]) -> str:
     h.update(np.fromiter(chain.from_iterable(x for g in groups for x in g.pairs), dtype=np.float64).tobytes())
     if any(g.negatives for g in groups):
         h.update("\x1e".join("\x1f".join(g.negatives) for g in groups).encode())
+    return h.hexdigest()
+
+
+DIGEST_CHUNK = 65_536  # groups per piece of the digest's text
+
+
+def _columnar_digest(groups: Groups, query_texts: dict[str, str]) -> str:
+    """:func:`groups_digest` of a :class:`Groups`: the same bytes, fed piece by piece."""
+    h = hashlib.sha256()
+    n, nway = groups.doc_codes.shape if len(groups) else (0, 0)
+    qids = groups.query_id_list()
+    pis = groups.positive_index.tolist() if groups.positive_index is not None else [None] * n
+    for lo in range(0, n, DIGEST_CHUNK):
+        hi = min(n, lo + DIGEST_CHUNK)
+        docs = groups.doc_vocab.take(pa.array(groups.doc_codes[lo:hi].ravel()))
+        lists = pa.ListArray.from_arrays(pa.array(np.arange(0, (hi - lo) * nway + 1, nway, dtype=np.int32)),
+                                         docs.cast(pa.string()))
+        joined = pc.binary_join(lists, "\x1f").to_pylist()
+        text = "\x1e".join(f"{q}\x1f{query_texts.get(q)}\x1f{p}\x1f{d}"
+                           for q, p, d in zip(qids[lo:hi], pis[lo:hi], joined))
+        h.update((("\x1e" if lo else "") + text).encode())
+    h.update(np.full(n, nway, dtype=np.int64).tobytes())
+    h.update(groups.teacher.astype(np.float64).tobytes())
+    h.update(np.diff(groups.pair_offsets).astype(np.int64).tobytes())
+    h.update(np.column_stack([groups.pair_ij.astype(np.float64), groups.pair_prob.astype(np.float64)]).tobytes())
+    if groups.negatives:
+        h.update("\x1e".join("\x1f".join(groups.negatives.get(i, [])) for i in range(n)).encode())
     return h.hexdigest()
 
 

@@ -22,7 +22,7 @@ from ..errors import SettingError
 from ..losses import PairDistillLoss
 from ..progress import Progress
 from ..students import colbert
-from .batches import Batch, Group, Layout, make_batch, next_picks
+from .batches import Batch, Group, Groups, Layout, make_batch, next_picks
 from .parallel import (_all_reduce_gradients, _gather_batch, _world, broadcast_parameters, gather_objects, launch_rank,
                        share_counts)
 from .state import (STATE_FORMAT, _restore_rng_states, _rng_states, find_state, own_share, remove_state_dir,
@@ -267,10 +267,12 @@ def resolve_precision(precision: str, device: torch.device, key: str = "train.pr
     return precision
 
 
-def _check_settings(groups: list[Group], world: int, *, batch_size: int, use_labels: bool, state_dir,
+def _check_settings(groups: list[Group] | Groups, world: int, *, batch_size: int, use_labels: bool, state_dir,
                     save_every: int, micro_batch: int | None, contrastive_negatives: str) -> None:
     """The arguments' errors, before anything is loaded (a :class:`SettingError` names its config key)."""
-    if use_labels and any(g.positive_index is None for g in groups):
+    unlabelled = (groups.positive_index is None if isinstance(groups, Groups)
+                  else any(g.positive_index is None for g in groups))
+    if use_labels and unlabelled:
         raise ValueError("use_labels needs groups built with labels (positive_index set on every group)")
     if state_dir is not None and save_every < 1:
         raise ValueError(f"save_every must be >= 1, got {save_every}")
@@ -336,7 +338,7 @@ def _save_training_state(state_dir, step: int, total: int, data: dict, rng: np.r
 
 
 def train(checkpoint_in: str, checkpoint_out: str | Path, loss_out: str | Path, *, corpus_texts: dict[str, str],
-          query_texts: dict[str, str], groups: list[Group], nway: int, batch_size: int, epochs: int,
+          query_texts: dict[str, str], groups: list[Group] | Groups, nway: int, batch_size: int, epochs: int,
           max_steps: int | None, lr: float, warmup: float, weight_decay: float, lambda_kd: float,
           lambda_pair: float, temperature: float, use_labels: bool, in_batch_negatives: bool,
           query_maxlen: int, doc_maxlen: int, seed: int, grad_clip: float = 1.0,
