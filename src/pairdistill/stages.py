@@ -732,16 +732,20 @@ def train(checkpoint: str, corpus_path: str, queries_path: str, qrels_path: str,
 
     world, rank = training.launch_rank()
     queries, qrels = _split_queries(queries_path, qrels_path, split)
-    positives = qrels[qrels["relevance"] > 0].groupby("query_id")["doc_id"].apply(set).to_dict()
+    positives: dict[str, set[str]] = {}
+    for q, d in qrels.loc[qrels["relevance"] > 0, ["query_id", "doc_id"]].itertuples(index=False):
+        positives.setdefault(q, set()).add(d)
     point_cols, pair_cols = ["query_id", "doc_id", "teacher_score", "teacher_rank"], ["query_id", "doc_a", "doc_b", "prob"]
     # only the columns training uses: at paper scale these files hold ~80M and ~40M rows
     if world == 1:
-        pointwise_rows = io.read_table(pointwise_path, "pointwise", columns=point_cols)
-        pairwise_rows = io.read_table(pairwise_path, "pairwise", columns=pair_cols)
+        pointwise_rows = io.read_table(pointwise_path, "pointwise", columns=point_cols, arrow=True,
+                                       dictionary=["query_id"])
+        pairwise_rows = io.read_table(pairwise_path, "pairwise", columns=pair_cols, arrow=True,
+                                      dictionary=["query_id"])
     else:  # this process's share of the queries, and only their rows
         share = [q for q in queries if shards.shard_of(q, world) == rank]
-        pointwise_rows = io.read_rows(pointwise_path, "pointwise", "query_id", share, columns=point_cols)
-        pairwise_rows = io.read_rows(pairwise_path, "pairwise", "query_id", share, columns=pair_cols)
+        pointwise_rows = io.read_rows(pointwise_path, "pointwise", "query_id", share, columns=point_cols, arrow=True)
+        pairwise_rows = io.read_rows(pairwise_path, "pairwise", "query_id", share, columns=pair_cols, arrow=True)
         _log(f"process {rank} of {world}: {len(share)} of {len(queries)} queries of split {split!r}")
     groups, gstats = training.build_groups(pointwise_rows, pairwise_rows, positives, nway=nway,
                                            use_labels=use_labels, seed=seed, unlabelled_queries=unlabelled_queries)
@@ -751,15 +755,15 @@ def train(checkpoint: str, corpus_path: str, queries_path: str, qrels_path: str,
             raise SettingError("train.mined_negatives: contrastive_negatives mined needs a negatives file")
         if not use_labels:
             raise SettingError("train.contrastive_negatives: mined needs use_labels (the contrastive term)")
-        mined = read_negatives(mined_negatives, [g.query_id for g in groups])
+        mined = read_negatives(mined_negatives, groups.query_id_list())
         gstats.update(draw_negatives(groups, mined, positives, mined_per_query, seed))
     _log(f"training groups: {json.dumps(gstats)}")
-    # the passages of the groups (and their mined negatives) only
-    corpus = _passages(corpus_path, {d for g in groups for d in (*g.doc_ids, *g.negatives)})
-    lost = sorted({d for g in groups for d in g.negatives} - set(corpus))
+    # the passages of the groups (and their mined negatives) only, as Arrow strings
+    corpus = training.read_passages(corpus_path, groups.passage_ids())
+    lost = sorted(corpus.missing({d for negatives in groups.negatives.values() for d in negatives}))
     if lost:
         raise ValueError(f"{mined_negatives}: {len(lost)} mined negatives are not in the corpus, e.g. {lost[:3]}")
-    missing = sorted({g.query_id for g in groups} - set(queries))
+    missing = sorted(set(groups.query_id_list()) - set(queries))
     if missing:
         raise ValueError(f"{queries_path}: no text for {len(missing)} training queries of split {split!r}, "
                          f"e.g. {missing[:3]}")
