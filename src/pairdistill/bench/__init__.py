@@ -16,4 +16,5 @@ BENCHMARKS = {
     "train-memory": "train_memory",
     "projection": "projection",
     "memory": "memory",
+    "datascale": "datascale",
 }
