@@ -30,8 +30,8 @@ def _run(paths, tmp_path, model, delta=2):
     return stages.pair_accuracy(
         str(paths["student"]), str(paths["pointwise"]), str(paths["qrels"]), str(paths["queries"]),
         str(paths["corpus"]), str(tmp_path / "pairs.parquet"), str(tmp_path / "metrics.parquet"),
-        split="test", depth=4, delta=delta, pairwise_model=model, pairwise_family="bert-pairwise",
-        pairwise_max_length=32, batch_size=4, eval_set="toy/test", pointwise_system="pointwise teacher",
+        split="test", depth=4, delta=delta, model=model, family="bert-pairwise",
+        max_length=32, batch_size=4, eval_set="toy/test", pointwise_system="pointwise teacher",
         pairwise_system="pairwise teacher")
 
 
