@@ -232,9 +232,13 @@ def test_settings_checked_at_start_up():
         inference.check_backend("onnx", "none", "encoder", "cuda")
     with pytest.raises(SettingError, match="inference.quantize"):
         inference.check_backend("torch", "int4")
+    for backend, present in (("onnx", HAS_ORT), ("openvino", HAS_OV)):
+        if present:
+            with pytest.raises(SettingError, match=f"inference.backend: {backend} cannot run family 'instruct-pairwise'"):
+                inference.check_backend(backend, "none", "instruct-pairwise", "cpu")
+            inference.check_backend(backend, "none", "duot5", "cpu")
+            inference.check_backend(backend, "none", "fusion-pairwise", "cpu")
     if HAS_ORT:
-        with pytest.raises(SettingError, match="inference.backend: onnx cannot run family 'instruct'"):
-            inference.check_backend("onnx", "none", "instruct", "cpu")
         inference.check_backend("onnx", "int8", "monot5", "cpu")
 
 
