@@ -61,3 +61,13 @@ def test_ablations_and_benchmarks_are_drawn_when_present(run_dir, tmp_path):
     assert cli.main(_args(run_dir, out) + ["--ablations", str(run_dir / "ablations.parquet"),
                                            "--benchmarks", str(tmp_path / "benchmarks")]) == 0
     _pngs(out)
+
+
+def test_a_reranker_has_no_reference_line_where_its_top_n_decides_recall():
+    from pairdistill.figures import repeats_first_stage
+
+    point, pair = "pointwise teacher (top-100 of iteration 0)", "pairwise teacher (top-10 of the pointwise teacher)"
+    assert repeats_first_stage(point, "R@100") and repeats_first_stage(point, "R@1000")
+    assert repeats_first_stage(pair, "R@100") and repeats_first_stage(pair, "Success@10")
+    assert not repeats_first_stage(point, "R@10") and not repeats_first_stage(point, "nDCG@10")
+    assert not repeats_first_stage(pair, "PairAcc") and not repeats_first_stage("BM25 (full corpus)", "R@1000")

@@ -7,6 +7,7 @@ headless (Agg).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -33,7 +34,8 @@ def _iteration_of(path: str | Path) -> int:
 
 
 def _save(fig, out: str | Path) -> None:
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     with io.atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     _plt().close(fig)
@@ -44,19 +46,54 @@ def _empty(ax, what: str) -> None:
     ax.set_axis_off()
 
 
+# A system that reranks a top-N is named "... (top-N of ...)" (stages.rerank_pointwise/_pairwise);
+# a recall-type measure at N or deeper is then its first stage's, whatever the reranker does.
+_RERANKED_TOP = re.compile(r"\(top-(\d+) of ")
+_RECALL_AT = re.compile(r"^(?:R|Recall|Success)@(\d+)$")
+# colours of the reference systems: after those of the evaluation sets' lines, the same in every panel
+_REF_COLOURS = ("C7", "C3", "C4", "C5", "C6", "C8", "C9", "C2", "C1")
+
+
+def repeats_first_stage(system: str, measure: str) -> bool:
+    """Whether ``system``'s value of ``measure`` only repeats its first stage's: a reranker of a
+    top-N, and a recall-type measure (R@k, Recall@k, Success@k) with k >= N."""
+    top, at = _RERANKED_TOP.search(system), _RECALL_AT.match(measure)
+    return bool(top and at and int(at.group(1)) >= int(top.group(1)))
+
+
+def _bar_panel(ax, bars: list[tuple[str, float, str]], measure: str) -> None:
+    """One horizontal bar per (name, value, colour), the name above it and the value at its end."""
+    y = range(len(bars))[::-1]
+    top = max([v for _, v, _ in bars] + [1e-9])
+    ax.barh(list(y), [v for _, v, _ in bars], color=[c for _, _, c in bars], height=0.45)
+    for yi, (name, v, _) in zip(y, bars):
+        ax.annotate(name, (0, yi + 0.28), xytext=(2, 0), textcoords="offset points", fontsize=7, va="bottom")
+        ax.text(v, yi, f" {v:.3f}", fontsize=7, va="center")
+    ax.set_xlim(0, 1.12 if top <= 1 else top * 1.15)
+    ax.set_ylim(-0.5, len(bars) - 0.1)
+    ax.set_yticks([])
+    ax.set_xlabel(measure)
+
+
 def metrics(summary: str | Path, out: str | Path, ablations: str | Path | None = None) -> None:
     """Every measure per round for the full method and each ablation variant.
 
     Each measure per round, one panel per measure, a line per evaluation set (and per ablation
-    variant when the ablation table exists); non-iteration systems as dotted horizontal lines."""
+    variant when the ablation table exists); the systems that are not rounds as dotted horizontal
+    lines, a colour each, named in the legend under the panels; none for a reranker in a recall
+    panel its top-N already decides (:func:`repeats_first_stage`). A measure the rounds have at
+    one iteration only (PairAcc: the starting retriever's) is a panel of bars, one per system."""
     plt = _plt()
+    from matplotlib.lines import Line2D
+
     s = pd.read_parquet(summary)
     its = s[s["iteration"].notna()].copy()
     refs = s[s["iteration"].isna()]
     measures = [c for c in s.columns if c not in ("system", "iteration", "eval_set") and its[c].notna().any()]
     cols = min(3, max(1, len(measures)))
     rows = -(-max(1, len(measures)) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.6 * rows + 0.8), squeeze=False,
+                             layout="constrained")
     for ax in axes.flat[len(measures):]:
         ax.set_axis_off()
     ab = pd.read_parquet(ablations) if ablations else None
@@ -65,22 +102,48 @@ def metrics(summary: str | Path, out: str | Path, ablations: str | Path | None =
         # those with a directory of their own under results/ablations/
         variants = {p.name for p in (Path(ablations).parent / "ablations").iterdir() if p.is_dir()}
         ab = ab[ab["variant"].isin(variants)]
+    eval_sets = sorted(s["eval_set"].unique())
+    colour = {e: f"C{i % 10}" for i, e in enumerate(eval_sets)}
+    several = len(eval_sets) > 1
+    ref_names = list(dict.fromkeys(refs["system"]))
+    ref_colour = {n: _REF_COLOURS[i % len(_REF_COLOURS)] for i, n in enumerate(ref_names)}
+    legend = {}
     for ax, m in zip(axes.flat, measures):
+        ax.set_title(m)
+        at = its[its[m].notna()]
+        ref_rows = [r for _, r in refs[refs[m].notna()].iterrows() if not repeats_first_stage(r["system"], m)]
+        if at["iteration"].nunique() == 1 and (ab is None or ab.loc[ab["measure"] == m, "iteration"].nunique() <= 1):
+            bars = [(f"{r['system']} ({r['eval_set']})" if several else str(r["system"]), float(r[m]),
+                     colour[r["eval_set"]]) for _, r in at.sort_values(["eval_set", "iteration"]).iterrows()]
+            if ab is not None:
+                bars += [(f"{r['variant']} {r['eval_set']}, iteration {r['iteration']}", float(r["value"]), "C1")
+                         for _, r in ab[ab["measure"] == m].iterrows()]
+            bars += [(f"{r['system']} ({r['eval_set']})" if several else str(r["system"]), float(r[m]),
+                      ref_colour[r["system"]]) for r in ref_rows]
+            _bar_panel(ax, bars, m)
+            continue
         for eval_set, g in its.groupby("eval_set"):
             g = g.sort_values("iteration")
-            ax.plot(g["iteration"], g[m], marker="o", label=f"PairDistill {eval_set}")
+            legend[f"PairDistill {eval_set}"], = ax.plot(g["iteration"], g[m], marker="o", color=colour[eval_set])
         if ab is not None:
-            for (variant, eval_set), g in ab[ab["measure"] == m].groupby(
-                    ["variant", "eval_set"]):
+            for (variant, eval_set), g in ab[ab["measure"] == m].groupby(["variant", "eval_set"]):
                 g = g.sort_values("iteration")
-                ax.plot(g["iteration"], g["value"], marker="s", linestyle="--", label=f"{variant} {eval_set}")
-        for _, r in refs[refs[m].notna()].iterrows():
-            ax.axhline(r[m], linestyle=":", linewidth=1, color="grey")
-            ax.annotate(str(r["system"])[:28], (0, r[m]), fontsize=6, color="grey", va="bottom")
-        ax.set_title(m)
+                legend[f"{variant} {eval_set}"], = ax.plot(g["iteration"], g["value"], marker="s", linestyle="--")
+        # references of the same value share the line, their dashes interleaved, so each shows
+        same = {}
+        for r in ref_rows:
+            same.setdefault(round(float(r[m]), 6), []).append(r)
+        for group in same.values():
+            for j, r in enumerate(group):
+                name = f"{r['system']} ({r['eval_set']})" if several else str(r["system"])
+                dashes = (j * 2.0, (2.0, 2.0 * (len(group) - 1))) if len(group) > 1 else (0, (1.5, 1.5))
+                ax.axhline(r[m], linestyle=dashes, linewidth=1.8, color=ref_colour[r["system"]])
+                legend[name] = Line2D([], [], linestyle=(0, (1.5, 1.5)), linewidth=1.8, color=ref_colour[r["system"]])
         ax.set_xlabel("iteration")
         ax.set_xticks(sorted(its["iteration"].astype(int).unique()))
-    axes.flat[0].legend(fontsize=7)
+    if legend:
+        fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncol=min(3, len(legend)),
+                   fontsize=8, frameon=False)
     _save(fig, out)
 
 
@@ -109,8 +172,8 @@ def teacher_scores(pointwise: list[str | Path], pairwise: list[str | Path], out:
     for path in pairwise:
         b.hist(io.read_table(path, "pairwise")["prob"], bins=40, range=(0, 1), alpha=0.5,
                label=f"round {_iteration_of(path)}")
-    a.set_title("pointwise teacher score")
-    b.set_title("pairwise teacher P(a>b), a above b for the pointwise one")
+    a.set_title("pointwise teacher score", fontsize=10)
+    b.set_title("pairwise teacher P(a>b)\n(a: the passage the pointwise teacher ranks higher)", fontsize=10)
     b.axvline(0.5, color="grey", linestyle=":")
     for ax in (a, b):
         ax.set_ylabel("count")
