@@ -196,6 +196,7 @@ rule ablation_evaluate:
         measures=lambda w: measures(w.split),
         search=search_flags("evaluate"),
         eval_set=lambda w: f"{config['dataset']}/{w.split}",
+        **inference_params(),
     log:
         "logs/ablations/{variant}/evaluate/iter-{it}/{split}.log",
     benchmark:
@@ -207,7 +208,7 @@ rule ablation_evaluate:
         PD + " evaluate --checkpoint {input.checkpoint:q} --index {input.index:q} --queries {input.queries:q}"
         " --qrels {input.qrels:q} --out-dir \"$(dirname {output.run:q})\""
         " --split {wildcards.split} --k {params.k} --measures {params.measures:q} --iteration {wildcards.it}"
-        " --eval-set {params.eval_set:q} {params.search} > {log} 2>&1"
+        " --eval-set {params.eval_set:q} {params.search}" + inference_flags() + " > {log} 2>&1"
 
 
 def ablation_references():

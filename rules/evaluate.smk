@@ -16,6 +16,7 @@ rule evaluate:
         measures=lambda w: measures(w.split),
         search=search_flags("evaluate"),
         eval_set=lambda w: f"{config['dataset']}/{w.split}",
+        **inference_params(),
     log:
         "logs/evaluate/iter-{it}/{split}.log",
     benchmark:
@@ -27,7 +28,7 @@ rule evaluate:
         PD + " evaluate --checkpoint {input.checkpoint:q} --index {input.index:q} --queries {input.queries:q}"
         " --qrels {input.qrels:q} --out-dir \"$(dirname {output.run:q})\""
         " --split {wildcards.split} --k {params.k} --measures {params.measures:q} --iteration {wildcards.it}"
-        " --eval-set {params.eval_set:q} {params.search} > {log} 2>&1"
+        " --eval-set {params.eval_set:q} {params.search}" + inference_flags() + " > {log} 2>&1"
 
 
 rule evaluate_beir:
@@ -45,6 +46,7 @@ rule evaluate_beir:
         k=BEIR["k"],
         measures=BEIR["measures"],
         search=search_flags("evaluate"),
+        **inference_params(),
     log:
         "logs/evaluate_beir/iter-{it}/{beir}.log",
     benchmark:
@@ -56,7 +58,7 @@ rule evaluate_beir:
         PD + " evaluate --checkpoint {input.checkpoint:q} --index {input.index:q} --queries {input.queries:q}"
         " --qrels {input.qrels:q} --out-dir \"$(dirname {output.run:q})\""
         " --split {params.split} --k {params.k} --measures {params.measures:q} --iteration {wildcards.it}"
-        " --eval-set beir/{wildcards.beir}/{params.split} {params.search} > {log} 2>&1"
+        " --eval-set beir/{wildcards.beir}/{params.split} {params.search}" + inference_flags() + " > {log} 2>&1"
 
 
 def rerank_source(kind):
@@ -83,6 +85,7 @@ rule rerank_teacher:
         t=lambda w: teacher_settings(w.kind, "family", "max_length", "batch_size", "precision"),
         eval_set=f"{config['dataset']}/{EVAL_SPLITS[0]}",
         **({"own": lambda w: instruct_args(w.kind)} if instructed("pointwise") or instructed("pairwise") else {}),
+        **inference_params("{kind}"),
     log:
         "logs/rerank_teacher/{kind}.log",
     benchmark:
@@ -97,7 +100,7 @@ rule rerank_teacher:
         " --family {params.t[family]} --max-length {params.t[max_length]} --batch-size {params.t[batch_size]}"
         " --precision {params.t[precision]}"
         " --eval-set {params.eval_set:q}"
-        + (" {params.own}" if instructed("pointwise") or instructed("pairwise") else "") + " > {log} 2>&1"
+        + (" {params.own}" if instructed("pointwise") or instructed("pairwise") else "") + inference_flags("{kind}") + " > {log} 2>&1"
 
 
 rule summary:
@@ -140,6 +143,7 @@ rule rerank_plain_fusion:
         measures=config["evaluate"]["measures"],
         batch_size=config["teachers"]["pointwise"]["batch_size"],
         eval_set=f"{config['dataset']}/{EVAL_SPLITS[0]}",
+        **inference_params(),
     log:
         "logs/rerank_teacher/plain_fusion.log",
     benchmark:
@@ -152,7 +156,7 @@ rule rerank_plain_fusion:
         " --qrels {input.qrels:q} --out-dir \"$(dirname {output.run:q})\" --split {params.split}"
         " --depth {params.depth} --measures {params.measures:q} --model {input.teacher:q} --family fusion"
         " --max-length 0 --batch-size {params.batch_size} --eval-set {params.eval_set:q}"
-        " --system 'plain BM25 + bi-encoder fusion (top-{params.depth} of iteration 0)' > {log} 2>&1"
+        " --system 'plain BM25 + bi-encoder fusion (top-{params.depth} of iteration 0)'" + inference_flags() + " > {log} 2>&1"
 
 
 rule pair_accuracy:
@@ -177,6 +181,7 @@ rule pair_accuracy:
         eval_set=f"{config['dataset']}/{EVAL_SPLITS[0]}",
         point_system=f"pointwise teacher (top-{config['evaluate']['teacher_rerank']['pointwise_depth']} of iteration 0)",
         pair_system=f"pairwise teacher (top-{config['evaluate']['teacher_rerank']['pairwise_depth']} of the pointwise teacher)",
+        **inference_params("pairwise"),
     log:
         "logs/pair_accuracy/pair_accuracy.log",
     benchmark:
@@ -191,7 +196,7 @@ rule pair_accuracy:
         " --model {params.model:q} --family {params.t[family]} --max-length {params.t[max_length]}"
         " --batch-size {params.t[batch_size]} --precision {params.t[precision]} --eval-set {params.eval_set:q}"
         " --pointwise-system {params.point_system:q} --pairwise-system {params.pair_system:q}"
-        + instruct_flags("pairwise") + " > {log} 2>&1"
+        + instruct_flags("pairwise") + inference_flags("pairwise") + " > {log} 2>&1"
 
 
 rule corpus_baselines:
@@ -208,6 +213,7 @@ rule corpus_baselines:
         k=config["evaluate"]["k"],
         measures=config["evaluate"]["measures"],
         eval_set=f"{config['dataset']}/{EVAL_SPLITS[0]}",
+        **inference_params(),
     log:
         "logs/corpus_baselines/corpus_baselines.log",
     benchmark:
@@ -218,4 +224,4 @@ rule corpus_baselines:
     shell:
         PD + " corpus-baselines --teacher {input.teacher:q} --queries {input.queries:q} --qrels {input.qrels:q}"
         " --out-dir \"$(dirname {output.metrics:q})\" --split {params.split} --k {params.k} --measures {params.measures:q}"
-        " --eval-set {params.eval_set:q} > {log} 2>&1"
+        " --eval-set {params.eval_set:q}" + inference_flags() + " > {log} 2>&1"

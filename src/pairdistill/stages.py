@@ -19,6 +19,7 @@ Args:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -70,6 +71,35 @@ class DprIndex(TypedDict, total=False):
     type: Annotated[Literal["flat", "ivf"], Opt(flag="dpr-index")]
     nlist: int
     nprobe: int
+
+
+class Inference(TypedDict, total=False):
+    """The inference-only forward passes (inference.*, :mod:`pairdistill.inference`); keys left
+    out take the default, torch / none / fp32, under which today's torch code runs unchanged.
+
+    Args:
+        backend: inference.backend: encodings and teacher scores without gradients on torch (eager), onnx or openvino
+        quantize: inference.quantize: int8 (torch: dynamic; openvino: NNCF, calibrated on the job's own texts)
+        precision: inference.precision: bf16 (torch, or openvino on a CPU with native bf16)
+    """
+
+    backend: Literal["torch", "onnx", "openvino"]
+    quantize: Literal["none", "int8"]
+    precision: Literal["fp32", "bf16"]
+
+
+def _with_inference(fn: Callable) -> Callable:
+    """The stage ``fn`` (which has an ``inference`` parameter) run under those settings
+    (:func:`pairdistill.inference.pipeline.use`: its encoders and scorers read them)."""
+
+    @functools.wraps(fn)
+    def run(*args, inference: Inference | None = None, **kwargs):
+        from .inference import pipeline
+
+        with pipeline.use(inference):
+            return fn(*args, inference=inference, **kwargs)
+
+    return run
 
 
 def _log(msg: str) -> None:
@@ -230,10 +260,11 @@ def init_checkpoint(base: str, out: str, *, dim: int, query_maxlen: int, doc_max
          f"{f' of {len(passages)} passages' if passages else ''}) -> {out}")
 
 
+@_with_inference
 def index(checkpoint: str, corpus_path: str, out: str, *, nbits: int, doc_maxlen: int, kmeans_niters: int = 4,
           reuse_sample_embeddings: bool = True, seed: int = 12345, num_partitions: int | None = None,
           query_maxlen: int | None = None, drop_self_matches: bool = False,
-          dpr_index: Annotated[DprIndex | None, Opt(prefix="dpr-")] = None) -> dict:
+          dpr_index: Annotated[DprIndex | None, Opt(prefix="dpr-")] = None, inference: Annotated[Inference | None, Opt(prefix="inference-")] = None) -> dict:
     """PLAID index of the corpus.
 
     The checkpoint's index of the corpus: PLAID for a ColBERT student, faiss for a DPR one
@@ -268,9 +299,10 @@ def index(checkpoint: str, corpus_path: str, out: str, *, nbits: int, doc_maxlen
     return stats
 
 
+@_with_inference
 def retrieve(checkpoint: str, index: str, queries_path: str, qrels_path: str, out: str, *, split: str,
              k: int, max_queries: int | None = None, seed: int = 0, search: Search,
-             shard: str | None = None) -> pd.DataFrame:
+             shard: str | None = None, inference: Annotated[Inference | None, Opt(prefix="inference-")] = None) -> pd.DataFrame:
     """Top-k of a split's queries.
 
     Top-``k`` for the (sampled) queries of ``split`` in ``shard`` (all for None) -> the "run" schema.
@@ -329,13 +361,14 @@ def fit_teacher(kind: Literal["pointwise", "pairwise"], negatives_path: str, cor
     return stats
 
 
+@_with_inference
 def fit_fusion_teacher(kind: Literal["pointwise", "pairwise"], corpus_path: str, queries_path: str, qrels_path: str,
                        out: str, loss_out: str, *, split: str, seed: int = 0, plain_out: str | None = None,
                        pointwise_dir: str | None = None,
                        init: str = "minilm", max_length: int = 128, heldout: float = 0.25, candidates: int = 100,
                        negatives: int = 1, batch_size: int = 16, epochs: int = 1, lr: float = 2e-5,
                        warmup: float = 0.1, scale: float = 20.0, depth: int = 30, delta: int = 10,
-                       pair_features: Literal["margin", "cross"] = "margin") -> dict:
+                       pair_features: Literal["margin", "cross"] = "margin", inference: Annotated[Inference | None, Opt(prefix="inference-")] = None) -> dict:
     """Fit a fusion teacher (BM25 + bi-encoders, fitted weights).
 
     Fit a fusion teacher (:mod:`pairdistill.teachers.fusion`) on the labelled queries of ``split``:
@@ -377,7 +410,9 @@ def fit_fusion_teacher(kind: Literal["pointwise", "pairwise"], corpus_path: str,
     return stats
 
 
-def rebase_fusion_teacher(teacher: str, corpus_path: str, out: str, reuse: str | None = None) -> dict:
+@_with_inference
+def rebase_fusion_teacher(teacher: str, corpus_path: str, out: str, reuse: str | None = None, *,
+                          inference: Annotated[Inference | None, Opt(prefix="inference-")] = None) -> dict:
     """A fitted fusion teacher re-based on another corpus (BM25 statistics and corpus embeddings
     recomputed, fitted weights kept).
 
@@ -450,11 +485,12 @@ def _reuse_or_score(rows: pd.DataFrame, hits: pd.DataFrame, keys: list[str], sta
     return rows
 
 
+@_with_inference
 def pointwise(topk_path: str, corpus_path: str, queries_path: str, qrels_path: str, out: str, *,
               split: str, model: str, family: str = "auto", max_length: int, batch_size: int,
               add_positives: bool = True, cache: Sequence[str] = (), part_rows: int = 4096,
               precision: Precision = "fp32", prompt: str | None = None,
-              labels: tuple[str, str] | None = None) -> pd.DataFrame:
+              labels: tuple[str, str] | None = None, inference: Annotated[Inference | None, Opt(prefix="inference-")] = None) -> pd.DataFrame:
     """Pointwise teacher scores of a top-k.
 
     Score every retrieved (query, passage) with the pointwise teacher; with ``add_positives`` the
@@ -540,10 +576,11 @@ def _cached_pairs(paths: Sequence[str], identity: str, query_ids, both_orders: b
     return old.drop_duplicates(["query_id", "doc_a", "doc_b"]).assign(cached=True)
 
 
+@_with_inference
 def pairwise(pairs_path: str, corpus_path: str, queries_path: str, out: str, *, model: str, family: str = "auto",
              max_length: int, batch_size: int, both_orders: bool = True, cache: Sequence[str] = (),
              part_rows: int = 4096, precision: Precision = "fp32", prompt: str | None = None,
-             labels: tuple[str, str] | None = None) -> pd.DataFrame:
+             labels: tuple[str, str] | None = None, inference: Annotated[Inference | None, Opt(prefix="inference-")] = None) -> pd.DataFrame:
     """Pairwise teacher P(a > b | q) of the sampled pairs.
 
     P(doc_a > doc_b | q) for every sampled pair; with ``both_orders`` also P(doc_b > doc_a), and
@@ -779,9 +816,10 @@ def train(checkpoint: str, corpus_path: str, queries_path: str, qrels_path: str,
     return stats
 
 
+@_with_inference
 def evaluate_retriever(checkpoint: str, index: str, queries_path: str, qrels_path: str, out_dir: str, *,
                        split: str, k: int, measures: Sequence[str], iteration: int, search: Search,
-                       eval_set: str) -> pd.DataFrame:
+                       eval_set: str, inference: Annotated[Inference | None, Opt(prefix="inference-")] = None) -> pd.DataFrame:
     """Search a split's queries; run + metrics + TREC file.
 
     Search the judged queries of ``split``; write run.parquet, run.trec and metrics.parquet into ``out_dir``."""
@@ -802,9 +840,10 @@ def _write_eval(run, qrels, out: Path, measures, *, system: str, iteration: int 
     return table
 
 
+@_with_inference
 def evaluate_qa(checkpoint: str, index: str, corpus_path: str, queries_path: str, answers_path: str,
                 out_dir: str, *, k: Sequence[int], match: Literal["string", "squad"] = "string", iteration: int,
-                search: Search, eval_set: str) -> pd.DataFrame:
+                search: Search, eval_set: str, inference: Annotated[Inference | None, Opt(prefix="inference-")] = None) -> pd.DataFrame:
     """Search a QA set's questions; run + Recall@k by answer match.
 
     Search every question of an open-domain QA set for its top max(k) passages; write run.parquet,
@@ -831,11 +870,12 @@ def evaluate_qa(checkpoint: str, index: str, corpus_path: str, queries_path: str
     return table
 
 
+@_with_inference
 def rerank_pointwise(run_path: str, corpus_path: str, queries_path: str, qrels_path: str, out_dir: str, *,
                      split: str, depth: int, measures: Sequence[str], model: str, family: str = "auto", max_length: int,
                      batch_size: int, eval_set: str, system: str | None = None,
                      precision: Precision = "fp32", prompt: str | None = None,
-                     labels: tuple[str, str] | None = None) -> pd.DataFrame:
+                     labels: tuple[str, str] | None = None, inference: Annotated[Inference | None, Opt(prefix="inference-")] = None) -> pd.DataFrame:
     """The pointwise teacher as a reranker of a run's top.
 
     The pointwise teacher as a reranker of the top-``depth`` of a run (e.g. iteration 0's).
@@ -859,10 +899,11 @@ def rerank_pointwise(run_path: str, corpus_path: str, queries_path: str, qrels_p
                        eval_set=eval_set)
 
 
+@_with_inference
 def rerank_pairwise(run_path: str, corpus_path: str, queries_path: str, qrels_path: str, out_dir: str, *,
                     split: str, depth: int, measures: Sequence[str], model: str, family: str = "auto", max_length: int,
                     batch_size: int, eval_set: str, precision: Precision = "fp32", prompt: str | None = None,
-                    labels: tuple[str, str] | None = None) -> pd.DataFrame:
+                    labels: tuple[str, str] | None = None, inference: Annotated[Inference | None, Opt(prefix="inference-")] = None) -> pd.DataFrame:
     """The pairwise teacher as a reranker of a run's top.
 
     The pairwise teacher as a reranker: every ordered pair of a run's top-``depth`` (e.g. the
@@ -912,12 +953,13 @@ def summary(metrics: Sequence[str], out: str, out_tsv: str | None = None, teache
     return summarize(metrics, out, out_tsv)
 
 
+@_with_inference
 def pair_accuracy(student_run_path: str, pointwise_run_path: str, qrels_path: str, queries_path: str,
                   corpus_path: str, out: str, metrics_out: str, *, split: str, depth: int, delta: int,
                   model: str, family: str = "auto", max_length: int, batch_size: int,
                   eval_set: str, pointwise_system: str, pairwise_system: str,
                   precision: Precision = "fp32", prompt: str | None = None,
-                  labels: tuple[str, str] | None = None) -> pd.DataFrame:
+                  labels: tuple[str, str] | None = None, inference: Annotated[Inference | None, Opt(prefix="inference-")] = None) -> pd.DataFrame:
     """Pair accuracy of the student and both teachers on judged pairs.
 
     Pair accuracy (the paper's Table 5) of the student, the pointwise and the pairwise teacher
@@ -983,8 +1025,9 @@ def pair_accuracy(student_run_path: str, pointwise_run_path: str, qrels_path: st
     return table
 
 
+@_with_inference
 def corpus_baselines(teacher: str, queries_path: str, qrels_path: str, out_dir: str, *, split: str, k: int,
-                     measures: Sequence[str], eval_set: str) -> pd.DataFrame:
+                     measures: Sequence[str], eval_set: str, inference: Annotated[Inference | None, Opt(prefix="inference-")] = None) -> pd.DataFrame:
     """BM25, bi-encoder and fused teacher over the whole corpus.
 
     First-stage baselines over the whole corpus from a fusion teacher's features: BM25 alone,

@@ -240,6 +240,40 @@ def _passage_embedding_cache(progress, reuse: bool, chunk: int = 256):
 
 
 @contextlib.contextmanager
+def _fast_bert(checkpoint: str | Path, kind: str, texts: Sequence[str]) -> Iterator[None]:
+    """Under non-default inference.* settings, every colbert-ai Checkpoint made in this context
+    runs the exported encoder (:func:`pairdistill.inference.pipeline.encoder`) as its ``bert``:
+    colbert-ai's tokenisation, [Q]/[D] markers, linear layer, masks and normalisation, and what
+    the index stores, stay its own. openvino int8 is calibrated on the first ``texts``, tokenised
+    as ``kind`` ("doc" or "query"). Nothing under the default."""
+    from ..inference import pipeline
+
+    if pipeline.active() is None:
+        yield
+        return
+    from colbert.modeling.checkpoint import Checkpoint
+
+    original = Checkpoint.__init__
+
+    def init(self, *args, **kw):
+        original(self, *args, **kw)
+        calib = None
+        if pipeline.needs_calibration():
+            n = pipeline.CALIBRATION_BATCH
+            tok = self.doc_tokenizer if kind == "doc" else self.query_tokenizer
+            calib = [dict(zip(("input_ids", "attention_mask"), tok.tensorize(list(texts[i:i + n]))))
+                     for i in range(0, min(len(texts), n * pipeline.CALIBRATION_BATCHES), n)]
+        fast = pipeline.encoder(str(Path(checkpoint).resolve()), self.device, calib)
+        setattr(self.model, self.model.base_model_prefix, fast)  # what Checkpoint.bert returns
+
+    Checkpoint.__init__ = init
+    try:
+        yield
+    finally:
+        Checkpoint.__init__ = original
+
+
+@contextlib.contextmanager
 def _num_partitions(n: int | None) -> Iterator[None]:
     """Make colbert-ai's indexer use at most ``n`` k-means centroids instead of its own choice,
     2^floor(log2(16 sqrt(#embeddings))), which is 8192 for SciFact's 0.6M embeddings: on CPU
@@ -299,7 +333,7 @@ def build_index(checkpoint: str | Path, corpus: pd.DataFrame, texts: Sequence[st
         write_search_settings(tmp, query_maxlen, drop_self_matches)
         progress = Progress(len(texts), "index: encode", unit="passages")
         with colbert_run(tmp / ".colbert"), _passage_embedding_cache(progress, reuse_sample_embeddings), \
-                _num_partitions(num_partitions):
+                _num_partitions(num_partitions), _fast_bert(checkpoint, "doc", texts):
             indexer = Indexer(checkpoint=str(Path(checkpoint).resolve()), config=cfg, verbose=1)
             # the index lives in tmp itself; the absolute name makes colbert ignore index_root
             indexer.index(name=str(tmp), collection=str(collection_tsv), overwrite="force_silent_overwrite")
@@ -334,7 +368,7 @@ def search(checkpoint: str | Path, index_dir: str | Path, queries: Mapping[str, 
     wanted = k
     k = k + 1 if drop_self else k  # one more, for the query's own document
     kw = dict(ncells=ncells, centroid_score_threshold=centroid_score_threshold, ndocs=ndocs)
-    with colbert_run(index_dir / ".colbert"):
+    with colbert_run(index_dir / ".colbert"), _fast_bert(checkpoint, "query", list(queries.values())):
         # Search needs passage ids only, and colbert-ai would read the whole collection.tsv into a
         # list (8.8M passages on MS MARCO, in every retrieve shard): give it a one-line stand-in.
         searcher = Searcher(index=str(index_dir), checkpoint=str(Path(checkpoint).resolve()),

@@ -201,6 +201,30 @@ def faiss_index(vectors: np.ndarray, *, index_type: str, nlist: int, nprobe: int
     return index
 
 
+def _fast_encoder(model: DPRModel, checkpoint: str | Path, kind: str, texts: Sequence[str],
+                  device: torch.device) -> None:
+    """Under non-default inference.* settings, the ``kind`` encoder of ``model`` replaced by the
+    exported one (:func:`pairdistill.inference.pipeline.encoder`; openvino int8: calibrated on the
+    first of ``texts``); the pooling and scoring stay the same. Nothing under the default."""
+    from ..inference import pipeline
+
+    if pipeline.active() is None:
+        return
+    path = Path(runtime.resolve_model(str(checkpoint)))
+    shared = model.passage_encoder is None
+    sub = path if shared else path / (QUERY_DIR if kind == "query" else PASSAGE_DIR)
+    calib = None
+    if pipeline.needs_calibration():
+        n, tok = pipeline.CALIBRATION_BATCH, model.tokenizers[kind]
+        calib = [dict(zip(("input_ids", "attention_mask"), tok.tensorize(list(texts[i:i + n]))))
+                 for i in range(0, min(len(texts), n * pipeline.CALIBRATION_BATCHES), n)]
+    fast = pipeline.encoder(str(sub), device, calib)
+    if kind == "query" or shared:
+        model.query_encoder = fast
+    else:
+        model.passage_encoder = fast
+
+
 def build_index(checkpoint: str | Path, corpus: pd.DataFrame, texts: Sequence[str], out_dir: str | Path, *,
                 index_type: str = "flat", nlist: int = 1024, nprobe: int = 32, seed: int = 12345,
                 doc_maxlen: int | None = None, query_maxlen: int | None = None,
@@ -213,6 +237,7 @@ def build_index(checkpoint: str | Path, corpus: pd.DataFrame, texts: Sequence[st
     runtime.seed_everything(seed)
     device = runtime.device()
     model = load(checkpoint, doc_maxlen=doc_maxlen).to(device).eval()
+    _fast_encoder(model, checkpoint, "doc", texts, device)
     vectors = encode(model, texts, "doc", batch=batch, progress_label="index: encode", device=device)
     index = faiss_index(vectors, index_type=index_type, nlist=nlist, nprobe=nprobe, seed=seed)
     meta = {"kind": "faiss", "type": index_type, "dim": int(vectors.shape[1]), "documents": len(texts),
@@ -261,6 +286,7 @@ def search(checkpoint: str | Path, index_dir: str | Path, queries: Mapping[str, 
     doc_ids = pd.read_parquet(index_dir / "doc_ids.parquet")["doc_id"].to_numpy()
     drop_self = settings.get("drop_self_matches", False)
     qids = list(queries)
+    _fast_encoder(model, checkpoint, "query", [queries[q] for q in qids], device)
     vectors = encode(model, [queries[q] for q in qids], "query", batch=batch,
                      progress_label=progress_label or "search", device=device)
     depth = min(k + 1 if drop_self else k, index.ntotal)

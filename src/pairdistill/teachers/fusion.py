@@ -154,10 +154,16 @@ class BM25:
 # --------------------------------------------------------------------------------------------
 
 class BiEncoder:
-    """A transformer encoder with mean pooling and L2 normalisation (one vector per text)."""
+    """A transformer encoder with mean pooling and L2 normalisation (one vector per text).
 
-    def __init__(self, path: str, max_length: int, device: str = "auto"):
+    Under non-default inference.* settings (:mod:`pairdistill.inference.pipeline`, read when it is
+    made) :meth:`encode` runs the exported encoder, built at its first call (openvino int8:
+    calibrated on that call's first texts); ``fast=False`` (fine-tuning) keeps the torch model."""
+
+    def __init__(self, path: str, max_length: int, device: str = "auto", *, fast: bool = True):
         from transformers import AutoModel, AutoTokenizer
+
+        from ..inference import pipeline
 
         self.path = path
         self.device = runtime.device(device)
@@ -166,13 +172,27 @@ class BiEncoder:
         self.tokenizer.deprecation_warnings["Asking-to-pad-a-fast-tokenizer"] = True
         self.model = AutoModel.from_pretrained(path).to(self.device).eval()
         self.max_length = max_length
+        self.inference = pipeline.active() if fast else None
+        self._fast = None
+
+    def _fast_encoder(self, ids: list[list[int]]):
+        from ..inference import pipeline
+
+        with pipeline.use(self.inference):
+            calib = None
+            if pipeline.needs_calibration():
+                n = pipeline.CALIBRATION_BATCH
+                calib = [self.tokenizer.pad({"input_ids": ids[i:i + n]}, return_tensors="pt")
+                         for i in range(0, min(len(ids), n * pipeline.CALIBRATION_BATCHES), n)]
+            self._fast = pipeline.encoder(self.path, self.device, calib)
 
     def _features(self, texts: Sequence[str]) -> list[list[int]]:
         return self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
 
     def forward(self, ids: list[list[int]]) -> torch.Tensor:
         batch = self.tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self.device)
-        out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        model = self._fast if self._fast is not None else self.model
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(out.dtype)
         pooled = (out * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return torch.nn.functional.normalize(pooled.float(), dim=-1)
@@ -180,6 +200,8 @@ class BiEncoder:
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress_label: str | None = None) -> np.ndarray:
         """float32 (len(texts), dim) in input order; batched by token length."""
         ids = self._features(texts) if len(texts) else []
+        if self.inference is not None and self._fast is None and ids:
+            self._fast_encoder(ids)
         out = np.zeros((len(ids), self.model.config.hidden_size), dtype=np.float32)
         order = np.argsort([-len(x) for x in ids], kind="stable")
         progress = Progress(len(ids), progress_label, unit="texts") if progress_label and ids else None
@@ -202,7 +224,7 @@ def fine_tune_biencoder(path: str, out_dir: Path, examples: Sequence[tuple[str, 
     from transformers import get_linear_schedule_with_warmup
 
     runtime.seed_everything(seed)
-    enc = BiEncoder(path, max_length)
+    enc = BiEncoder(path, max_length, fast=False)  # trained: torch whatever inference.* says
     enc.model.train()
     total = math.ceil(len(examples) / batch_size) * epochs
     optimizer = torch.optim.AdamW(enc.model.parameters(), lr=lr, weight_decay=0.01)

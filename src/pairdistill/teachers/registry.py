@@ -97,6 +97,10 @@ def identity(model: str, family: str, kind: str, max_length: int | None, precisi
     dtype = scoring_precision(precision, kind, family)
     if dtype != "fp32":
         out["precision"] = dtype
+    from ..inference import pipeline
+
+    if pipeline.active() and not family.startswith("instruct"):  # instruct-*: torch always
+        out["inference"] = pipeline.active()  # scored on another backend: not today's scores
     return json.dumps(out, sort_keys=True)
 
 

@@ -156,10 +156,42 @@ class PairwiseScorer(_LoadedTeacher):
                             self._forward, self.device, progress_label, "pairs")
 
 
+_CALIBRATION_QUERIES = ["what is the capital of france", "how do vaccines work", "symptoms of vitamin d deficiency",
+                        "who wrote the origin of species"]
+_CALIBRATION_PASSAGES = ["Paris is the capital and most populous city of France.",
+                         "Vaccines train the immune system to recognise a pathogen without causing the disease.",
+                         "Low vitamin D can cause bone pain, muscle weakness and fatigue.",
+                         "Charles Darwin published On the Origin of Species in 1859.",
+                         "The Amazon is the largest rainforest on Earth.",
+                         "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen."]
+
+
+def _calibration_features(tokenizer, family: str, kind: str, max_length: int) -> list[dict]:
+    """16 query-passage inputs of the family's format: openvino int8's (NNCF) calibration of a
+    classifier, made at load time, before any of the job's pairs are known."""
+    n = 16
+    q = [_CALIBRATION_QUERIES[i % 4] for i in range(n)]
+    a = [_CALIBRATION_PASSAGES[i % 6] for i in range(n)]
+    b = [_CALIBRATION_PASSAGES[(i + 1 + i // 6) % 6] for i in range(n)]
+    if kind == "pointwise":
+        return encode_cross(tokenizer, q, a, max_length)
+    return encode_bert_pairwise(tokenizer, q, a, b, max_length)
+
+
 def load(path: str, family: str, kind: str, max_length: int, dev: torch.device, batch_size: int,
          precision: str) -> PointwiseScorer | PairwiseScorer:
     """A :class:`PointwiseScorer` or :class:`PairwiseScorer` of the model at ``path``, in ``precision``."""
     scorer = PointwiseScorer if kind == "pointwise" else PairwiseScorer
+    from ..inference import pipeline
+
+    if pipeline.active():  # inference.*: an exported scorer in place of the torch model
+        tokenizer = load_tokenizer(path)
+        calib = None
+        if pipeline.needs_calibration():
+            calib = [tokenizer.pad(_calibration_features(tokenizer, family, kind, max_length)[i:i + 4],
+                                   return_tensors="pt") for i in range(0, 16, 4)]
+        model = pipeline.scorer(path, family in ("monot5", "duot5"), dev, calib)
+        return scorer(model, tokenizer, family, max_length, batch_size, dev, path)
     return scorer(_in_precision(_load_model(path, family, dev), precision, dev, kind, family),
                   load_tokenizer(path), family,
                   max_length, batch_size, dev, path)
