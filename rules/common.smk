@@ -545,3 +545,79 @@ def print_summary():
 def figure(name, category, subcategory=None):
     return report(f"results/figures/{name}.png", caption=f"../report/{name}.rst", category=category,
                   subcategory=subcategory)
+
+
+# inference.*: the backend of every encoding and teacher score made without gradients (index,
+# retrieve, evaluate, the fusion teachers' embeddings, pointwise / pairwise scoring, reranking,
+# pair accuracy; training stays torch). Under the default (torch, none, fp32) a rule gets neither
+# params nor flags, so the default's commands are as they were and no finished job reruns; any
+# other setting is a param (it changes outputs) and its --inference-* flags. instruct-* teachers
+# (prompted LMs) always run on torch: their rules get neither, and they are not checked here.
+# Exported models are built once per weights per checkout, under .cache/inference (git-ignored).
+os.environ.setdefault("PAIRDISTILL_INFERENCE_CACHE", os.path.join(workflow.basedir, ".cache", "inference"))
+INFERENCE_DEFAULTS = {"backend": "torch", "quantize": "none", "precision": "fp32"}
+INFERENCE = {**INFERENCE_DEFAULTS, **(config.get("inference") or {})}
+
+
+def inference_args(kind=None):
+    """The --inference-* flags that differ from the default ('' for an instruct-* teacher's kind)."""
+    if kind and instructed(kind):
+        return ""
+    return " ".join(f"--inference-{k} {v}" for k, v in INFERENCE.items() if v != INFERENCE_DEFAULTS[k])
+
+
+def inference_params(kind=None):
+    """A rule's inference param: none under the default (or for an instruct-* teacher's kind);
+    ``kind="{kind}"``: the rule's kind is its wildcard."""
+    if INFERENCE == INFERENCE_DEFAULTS or (kind in INSTRUCT and instructed(kind)):
+        return {}
+    return {"inference": (lambda w: inference_args(w.kind)) if kind == "{kind}" else inference_args(kind)}
+
+
+def inference_flags(kind=None):
+    """The command's --inference-* flags (from params.inference), or nothing (see inference_params)."""
+    return " {params.inference}" if inference_params(kind) else ""
+
+
+def inference_families():
+    """The families this run encodes or scores with: the student's arch, the pointwise and pairwise
+    teachers' families (auto: the fit method's, or detected from the model) and, when fitted or
+    re-based, the fusion teachers' bi-encoders. instruct-* left out: they run on torch."""
+    out = {f"student ({STUDENT_ARCH})": STUDENT_ARCH}
+    for kind in ("pointwise", "pairwise"):
+        if instructed(kind):
+            continue
+        t = config["teachers"][kind]
+        family = t["family"]
+        if family == "auto" and t["model"] == FIT:
+            family = fit_method(kind)
+        elif family == "auto":
+            try:
+                from pairdistill.teachers.registry import detect_family
+
+                family = detect_family(os.path.expanduser(t["model"]), kind)
+            except Exception:  # a missing model is check_inputs' to report
+                family = {"pointwise": "cross-encoder", "pairwise": "bert-pairwise"}[kind]
+        out[f"teachers.{kind}"] = family
+        if family.startswith("fusion"):
+            out[f"teachers.{kind} (its bi-encoders)"] = "biencoder"
+    return out
+
+
+def check_inference():
+    """One line naming inference.backend / quantize / precision when a family of the run cannot
+    honour them on this machine (an unknown or uninstalled backend, int8 on a GPU, ...)."""
+    if INFERENCE == INFERENCE_DEFAULTS:
+        return
+    from pairdistill import inference
+
+    device = "cuda" if visible_gpus() else "cpu"
+    for who, family in inference_families().items():
+        try:
+            inference.check_backend(INFERENCE["backend"], INFERENCE["quantize"], family, device,
+                                    INFERENCE["precision"])
+        except SettingError as exc:
+            raise WorkflowError(f"{exc} (for {who}: {family})") from None
+
+
+check_inference()

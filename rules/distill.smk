@@ -17,6 +17,7 @@ rule pointwise:
         split=config["train_split"],
         model=teacher_model_param("pointwise"),
         t=teacher_settings("pointwise", "family", "max_length", "add_positives", "precision"),
+        **inference_params("pointwise"),
     log:
         "logs/pointwise/iter-{it}/shard-{shard}.log",
     benchmark:
@@ -31,7 +32,7 @@ rule pointwise:
         " --family {params.t[family]} --max-length {params.t[max_length]} --batch-size {resources.batch_size}"
         " --precision {params.t[precision]}"
         " --add-positives {params.t[add_positives]} --part-rows {resources.part_rows} --cache {input.cache:q}"
-        + instruct_flags("pointwise") + " > {log} 2>&1"
+        + instruct_flags("pointwise") + inference_flags("pointwise") + " > {log} 2>&1"
 
 
 rule sample_pairs:
@@ -67,6 +68,7 @@ rule pairwise:
     params:
         model=teacher_model_param("pairwise"),
         t=teacher_settings("pairwise", "family", "max_length", "both_orders", "precision"),
+        **inference_params("pairwise"),
     log:
         "logs/pairwise/iter-{it}/shard-{shard}.log",
     benchmark:
@@ -80,7 +82,7 @@ rule pairwise:
         " --out {output:q} --model {params.model:q} --family {params.t[family]}"
         " --max-length {params.t[max_length]} --batch-size {resources.batch_size} --precision {params.t[precision]}"
         " --both-orders {params.t[both_orders]} --part-rows {resources.part_rows} --cache {input.cache:q}"
-        + instruct_flags("pairwise") + " > {log} 2>&1"
+        + instruct_flags("pairwise") + inference_flags("pairwise") + " > {log} 2>&1"
 
 
 rule gather:

@@ -45,6 +45,7 @@ rule index:
         partitions=config["index"].get("num_partitions"),
         seed=config["seed"],
         **student_params("index"),
+        **inference_params(),
     log:
         "logs/index/iter-{it}.log",
     benchmark:
@@ -56,7 +57,7 @@ rule index:
         PD + " index --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --out {output:q}"
         " --nbits {params.nbits} --doc-maxlen {params.doc_maxlen} --kmeans-niters {params.kmeans_niters}"
         " --reuse-sample-embeddings {params.reuse} --num-partitions {params.partitions} --seed {params.seed}"
-        + student_flags("index") + " > {log} 2>&1"
+        + student_flags("index") + inference_flags() + " > {log} 2>&1"
 
 
 rule retrieve:
@@ -76,6 +77,7 @@ rule retrieve:
         max_queries=config["retrieve"]["max_queries"],
         seed=config["seed"],
         search=search_flags("retrieve"),
+        **inference_params(),
     log:
         "logs/retrieve/iter-{it}/shard-{shard}.log",
     benchmark:
@@ -87,7 +89,7 @@ rule retrieve:
         PD + " retrieve --checkpoint {input.checkpoint:q} --index {input.index:q} --queries {input.queries:q}"
         " --qrels {input.qrels:q} --out {output:q} --split {params.split} --k {params.k}"
         " --max-queries {params.max_queries} --seed {params.seed} --shard {wildcards.shard} {params.search}"
-        " > {log} 2>&1"
+        + inference_flags() + " > {log} 2>&1"
 
 
 rule train:
@@ -160,6 +162,7 @@ rule index_beir:
         query_maxlen=lambda w: beir_query_maxlen(w.beir),
         drop_self=lambda w: w.beir in BEIR.get("drop_self_matches", []),
         **student_params("index"),
+        **inference_params(),
     log:
         "logs/index_beir/iter-{it}/{beir}.log",
     benchmark:
@@ -172,4 +175,4 @@ rule index_beir:
         " --nbits {params.nbits} --doc-maxlen {params.doc_maxlen} --kmeans-niters {params.kmeans_niters}"
         " --reuse-sample-embeddings {params.reuse} --num-partitions {params.partitions} --seed {params.seed}"
         " --query-maxlen {params.query_maxlen} --drop-self-matches {params.drop_self}" + student_flags("index")
-        + " > {log} 2>&1"
+        + inference_flags() + " > {log} 2>&1"

@@ -18,6 +18,7 @@ rule mine_negatives:
         max_queries=config["teachers"]["mine"]["max_queries"],
         seed=config["seed"],
         search=search_flags("retrieve"),
+        **inference_params(),
     log:
         "logs/mine_negatives/mine_negatives.log",
     benchmark:
@@ -28,7 +29,7 @@ rule mine_negatives:
     shell:
         PD + " retrieve --checkpoint {input.checkpoint:q} --index {input.index:q} --queries {input.queries:q}"
         " --qrels {input.qrels:q} --out {output:q} --split {params.split} --k {params.k}"
-        " --max-queries {params.max_queries} --seed {params.seed} {params.search} > {log} 2>&1"
+        " --max-queries {params.max_queries} --seed {params.seed} {params.search}" + inference_flags() + " > {log} 2>&1"
 
 
 rule fit_teacher:
@@ -85,6 +86,7 @@ if fit_method("pointwise") == "fusion" and not rebased("pointwise"):
             fit=config["teachers"]["pointwise"]["fit"],
             f=fusion_settings("pointwise"),
             seed=config["seed"],
+            **inference_params(),
         log:
             "logs/fit_teacher/pointwise.log",
         benchmark:
@@ -98,7 +100,7 @@ if fit_method("pointwise") == "fusion" and not rebased("pointwise"):
             " --init {params.fit[init]:q} --max-length {params.fit[max_length]} --heldout {params.f[heldout]}"
             " --candidates {params.f[candidates]} --negatives {params.fit[negatives]} --batch-size {params.fit[batch_size]}"
             " --epochs {params.fit[epochs]} --lr {params.fit[lr]} --warmup {params.fit[warmup]} --scale {params.f[scale]}"
-            " --seed {params.seed} > {log} 2>&1"
+            " --seed {params.seed}" + inference_flags() + " > {log} 2>&1"
 
 
 if fit_method("pairwise") == "fusion-pairwise" and not rebased("pairwise"):
@@ -118,6 +120,7 @@ if fit_method("pairwise") == "fusion-pairwise" and not rebased("pairwise"):
             f=fusion_settings("pairwise"),
             delta=config["pairs"]["delta"],
             seed=config["seed"],
+            **inference_params(),
         log:
             "logs/fit_teacher/pairwise.log",
         benchmark:
@@ -131,7 +134,7 @@ if fit_method("pairwise") == "fusion-pairwise" and not rebased("pairwise"):
             " --depth {params.f[depth]} --delta {params.delta} --seed {params.seed}"
             # only when set: the default's command (and so its finished jobs) stays as it was
             + (" --pair-features {params.f[pair_features]}" if "pair_features" in config["teachers"]["pairwise"]["fit"]
-               else "") + " > {log} 2>&1"
+               else "") + inference_flags() + " > {log} 2>&1"
 
 
 rule rebase_teacher:
@@ -150,6 +153,7 @@ rule rebase_teacher:
         model=directory("results/teachers/{kind}/model"),
     params:
         reuse=lambda w, input: "".join(f" --reuse {p}" for p in input.reuse),  # the input's path: moved in a module
+        **inference_params(),
     log:
         "logs/rebase_teacher/{kind}.log",
     benchmark:
@@ -159,4 +163,4 @@ rule rebase_teacher:
         **resources_of("fit_teacher"),
     shell:
         PD + " rebase-fusion --teacher {input.source:q} --corpus {input.corpus:q} --out {output.model:q}{params.reuse}"
-        " > {log} 2>&1"
+        + inference_flags() + " > {log} 2>&1"

@@ -79,6 +79,7 @@ rule index_lotte:
         partitions=config["index"].get("num_partitions"),
         seed=config["seed"],
         **student_params("index"),  # a DPR student's faiss settings; none for ColBERT
+        **inference_params(),
     log:
         "logs/index_lotte/iter-{it}/{lotte}.log",
     benchmark:
@@ -90,7 +91,7 @@ rule index_lotte:
         PD + " index --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --out {output:q}"
         " --nbits {params.nbits} --doc-maxlen {params.doc_maxlen} --kmeans-niters {params.kmeans_niters}"
         " --reuse-sample-embeddings {params.reuse} --num-partitions {params.partitions} --seed {params.seed}"
-        + student_flags("index") + " > {log} 2>&1"
+        + student_flags("index") + inference_flags() + " > {log} 2>&1"
 
 
 rule index_qa:
@@ -108,6 +109,7 @@ rule index_qa:
         partitions=config["index"].get("num_partitions"),
         seed=config["seed"],
         **student_params("index"),  # a DPR student's faiss settings; none for ColBERT
+        **inference_params(),
     log:
         "logs/index_qa/iter-{it}/{qa_passages}.log",
     benchmark:
@@ -119,7 +121,7 @@ rule index_qa:
         PD + " index --checkpoint {input.checkpoint:q} --corpus {input.corpus:q} --out {output:q}"
         " --nbits {params.nbits} --doc-maxlen {params.doc_maxlen} --kmeans-niters {params.kmeans_niters}"
         " --reuse-sample-embeddings {params.reuse} --num-partitions {params.partitions} --seed {params.seed}"
-        + student_flags("index") + " > {log} 2>&1"
+        + student_flags("index") + inference_flags() + " > {log} 2>&1"
 
 
 rule evaluate_lotte:
@@ -139,6 +141,7 @@ rule evaluate_lotte:
         measures=LOTTE["measures"],
         search=search_flags("evaluate"),
         eval_set=lambda w: f"lotte/{w.lotte}/{LOTTE['split']}/{w.query_set}",
+        **inference_params(),
     log:
         "logs/evaluate_lotte/iter-{it}/{lotte}/{query_set}.log",
     benchmark:
@@ -150,7 +153,7 @@ rule evaluate_lotte:
         PD + " evaluate --checkpoint {input.checkpoint:q} --index {input.index:q} --queries {input.queries:q}"
         " --qrels {input.qrels:q} --out-dir \"$(dirname {output.run:q})\""
         " --split {wildcards.query_set} --k {params.k} --measures {params.measures:q} --iteration {wildcards.it}"
-        " --eval-set {params.eval_set:q} {params.search} > {log} 2>&1"
+        " --eval-set {params.eval_set:q} {params.search}" + inference_flags() + " > {log} 2>&1"
 
 
 rule evaluate_qa:
@@ -171,6 +174,7 @@ rule evaluate_qa:
         match=QA["match"],
         search=search_flags("evaluate"),
         eval_set=lambda w: f"qa/{w.qa}",
+        **inference_params(),
     log:
         "logs/evaluate_qa/iter-{it}/{qa_passages}/{qa}.log",
     benchmark:
@@ -182,4 +186,4 @@ rule evaluate_qa:
         PD + " evaluate-qa --checkpoint {input.checkpoint:q} --index {input.index:q} --corpus {input.corpus:q}"
         " --queries {input.queries:q} --answers {input.answers:q} --out-dir \"$(dirname {output.run:q})\""
         " --k {params.k} --match {params.match} --iteration {wildcards.it} --eval-set {params.eval_set:q}"
-        " {params.search} > {log} 2>&1"
+        " {params.search}" + inference_flags() + " > {log} 2>&1"
