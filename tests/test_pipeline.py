@@ -2,17 +2,19 @@
 
 One module-scoped run serves every test here. It is killed (SIGKILL to Snakemake and its jobs) at
 several points: in the middle of a pointwise scoring shard, of a pairwise scoring shard and of
-round 2's training, and after each kill rerun with --rerun-incomplete, as after a preemption. A
-second, uninterrupted run of the same config is the reference its results must equal.
+round 2's training, and after each kill rerun with --rerun-incomplete, as after a preemption. The
+job itself kills the run right after a given part or training state (PAIRDISTILL_KILL_AFTER, see
+pairdistill.preemption), so where it dies does not hang on timing. A second, uninterrupted run of
+the same config is the reference its results must equal.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pairdistill import io
+from pairdistill import io, preemption
 
 from workflow import (DATA_DIR, REPO, dry_run, make_slice, snakemake, snakemake_cmd, tiny_overlay,
                       write_config)
@@ -30,6 +32,7 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (DATA_DIR / "scifact").is_dir(), reason="SciFact not found")]
 
 SHARDS = ("000-of-002", "001-of-002")
+PART_ROWS = 16
 ARTIFACTS = {
     "results/data/corpus.parquet": "corpus",
     "results/data/queries.parquet": "queries",
@@ -52,36 +55,29 @@ for n in (1, 2):
         for shard in SHARDS:
             ARTIFACTS[f"results/iter-{n}/{stage}/shard-{shard}.parquet"] = schema
 
-# (job log, line that shows the job is mid-way, outputs of that job, state it leaves for the rerun)
+# (PAIRDISTILL_KILL_AFTER, job log, outputs of that job, state it leaves for the rerun, what is built
+# before: the other jobs of its stage the kill's run needs, which the variable would kill instead;
+# the rerun's log line, of the point the kill left and the total, which must be beyond it)
 KILLS = [
-    ("logs/pointwise/iter-1/shard-000-of-002.log", "part 2/", ["results/iter-1/pointwise/shard-000-of-002.parquet"],
-     "results/iter-1/pointwise/.shard-000-of-002.parquet.parts"),
-    ("logs/pairwise/iter-1/shard-001-of-002.log", "part 1/", ["results/iter-1/pairwise/shard-001-of-002.parquet"],
-     "results/iter-1/pairwise/.shard-001-of-002.parquet.parts"),
-    ("logs/train/iter-2.log", "saved training state", ["results/iter-2/checkpoint", "results/iter-2/train_loss.parquet"],
-     "results/iter-2/train_state"),
+    ("pointwise:2", "logs/pointwise/iter-1/shard-000-of-002.log", ["results/iter-1/pointwise/shard-000-of-002.parquet"],
+     "results/iter-1/pointwise/.shard-000-of-002.parquet.parts", [], r"resuming: (2) of (\d+) parts"),
+    ("pairwise:1", "logs/pairwise/iter-1/shard-001-of-002.log", ["results/iter-1/pairwise/shard-001-of-002.parquet"],
+     "results/iter-1/pairwise/.shard-001-of-002.parquet.parts", [], r"resuming: (1) of (\d+) parts"),
+    ("train:1", "logs/train/iter-2.log", ["results/iter-2/checkpoint", "results/iter-2/train_loss.parquet"],
+     "results/iter-2/train_state", ["results/iter-1/checkpoint"], r"resuming from step (2) of (\d+)"),
 ]
 
 
-def _kill_during(workdir: Path, configfile: Path, log: Path, marker: str, timeout: float = 900) -> None:
-    """Start the workflow, SIGKILL its whole process group once ``log`` contains ``marker``."""
-    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions")}
-    proc = subprocess.Popen(snakemake_cmd(workdir, "--rerun-incomplete", configfiles=(configfile,)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if log.exists() and marker in log.read_text(errors="replace"):
-                break
-            if proc.poll() is not None:
-                raise AssertionError(f"workflow ended ({proc.returncode}) before {marker!r} appeared in {log}")
-            time.sleep(0.002)
-        else:
-            raise AssertionError(f"{marker!r} never appeared in {log}")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+def _killed_after(workdir: Path, configfile: Path, kill_after: str, outputs: list[str], timeout: float = 900) -> None:
+    """Run the workflow towards ``outputs`` in a session of its own, with PAIRDISTILL_KILL_AFTER set:
+    the job named SIGKILLs the session (Snakemake and every job) right after its N-th part or state."""
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions"),
+           preemption.ENV: kill_after}
+    proc = subprocess.run(snakemake_cmd(workdir, "--rerun-incomplete", *outputs, configfiles=(configfile,)),
+                          capture_output=True, text=True, env=env, start_new_session=True, timeout=timeout)
+    if proc.returncode != -signal.SIGKILL:
+        raise AssertionError(f"{kill_after}: the workflow ended ({proc.returncode}) without being killed:\n"
+                             f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +85,8 @@ def run(tmp_path_factory, tiny_bert_dir):
     root = tmp_path_factory.mktemp("e2e")
     make_slice(root / "data")
     # one thread per job: bit-equal results between the two runs do not hang on thread scheduling;
-    # parts of 2 rows: ~20 parts a scoring shard, so a kill a part in lands well before the job ends
-    overlay = tiny_overlay(root / "data", tiny_bert_dir, **{"shards": 2, "scoring.part_rows": 2,
+    # parts of PART_ROWS rows: a few parts a scoring shard, so a kill after part 2 leaves some to resume
+    overlay = tiny_overlay(root / "data", tiny_bert_dir, **{"shards": 2, "scoring.part_rows": PART_ROWS,
                                                              "train.save_every": 2, "threads": 1})
     configfile = write_config(root / "tiny.yaml", overlay)
     reference = root / "reference"
@@ -100,13 +96,14 @@ def run(tmp_path_factory, tiny_bert_dir):
     workdir = root / "work"
     workdir.mkdir()
     killed = []
-    for log, marker, outputs, state in KILLS:
-        _kill_during(workdir, configfile, workdir / log, marker)
+    for kill_after, log, outputs, state, before, _ in KILLS:
+        if before:
+            snakemake(workdir, "-p", *before, configfiles=(configfile,))  # -p ends --configfile's list
+        _killed_after(workdir, configfile, kill_after, outputs)
         killed.append({"log": log, "outputs_left": [o for o in outputs if (workdir / o).exists()],
-                       "state_kept": (workdir / state).exists()})
+                       "state_kept": (workdir / state).exists(), "kill_log": (workdir / log).read_text()})
         # what a user does after preemption: release the dead run's lock, rerun what was incomplete.
-        # The killed job's outputs first, so its log shows this rerun (a later kill may catch the
-        # same job again, even after it wrote its outputs, and rerun it from the start).
+        # The killed job's outputs first, so its log shows this rerun.
         snakemake(workdir, "--unlock", configfiles=(configfile,))
         snakemake(workdir, "-p", "--rerun-incomplete", *outputs, configfiles=(configfile,))  # -p ends the list
         killed[-1]["rerun_log"] = (workdir / log).read_text()
@@ -116,12 +113,15 @@ def run(tmp_path_factory, tiny_bert_dir):
 
 
 def test_each_kill_left_no_output_and_kept_its_resume_state(run):
-    for k in run["killed"]:
+    for k, (*_, resumed) in zip(run["killed"], KILLS):
+        assert f"{preemption.ENV}: killing process group" in k["kill_log"], k["log"]
         assert k["outputs_left"] == [], k
         assert k["state_kept"], k
-        assert "resuming" in k["rerun_log"], k["log"]  # the rerun of the killed job continued from its state
+        # the rerun of the killed job continued from its state, with work left to do
+        m = re.search(resumed, k["rerun_log"])
+        assert m and int(m.group(2)) > int(m.group(1)), (k["log"], k["rerun_log"])
     w = run["workdir"]
-    for _, _, _, state in KILLS:
+    for _, _, _, state, _, _ in KILLS:
         assert not (w / state).exists(), state  # and removed it once its outputs were written
 
 

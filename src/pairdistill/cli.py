@@ -27,7 +27,7 @@ import types
 import typing
 from typing import Any, Callable, Literal, Union
 
-from . import runtime
+from . import preemption, runtime
 from .errors import InputError, SettingError
 
 
@@ -357,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(a)
     if "LOCAL_RANK" in os.environ:  # one of a data-parallel job's processes
         runtime.die_with_parent()
+    preemption.arm(a.stage)
     runtime.set_threads(a.threads)
     if s.gpu:
         runtime.device()

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import io
+from . import io, preemption
 
 _NAME = re.compile(r"^(\d+)-of-(\d+)$")
 
@@ -131,6 +131,7 @@ def score_in_parts(keys: pd.DataFrame, score: Callable[[pd.DataFrame], dict[str,
         with io.atomic_path(path) as tmp:
             pq.write_table(table, tmp)
         log(f"part {k + 1}/{n_parts} scored ({len(chunk)} rows)")
+        preemption.durable(f"part {k + 1}/{n_parts}")
         tables.append(table)
     if not tables:
         return pd.DataFrame()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import io, runtime
+from .. import io, preemption, runtime
 from .batches import Group, groups_digest
 
 
@@ -78,6 +78,7 @@ def save_state(state_dir: str | Path, step: int, payload: dict, meta: dict) -> P
     for _, old in _state_dirs(state_dir):
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
+    preemption.durable(f"training state at step {step}")
     return final
 
 
