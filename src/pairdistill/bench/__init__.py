@@ -17,4 +17,6 @@ BENCHMARKS = {
     "projection": "projection",
     "memory": "memory",
     "datascale": "datascale",
+    "inference": "inference",
+    "teacher-throughput": "teacher_throughput",
 }
