@@ -208,7 +208,9 @@ def teacher_cache(cache_tsv: str | Path, out: str | Path) -> None:
     else:
         wide = df.pivot(index="iteration", columns="teacher", values="hit_rate")
         wide.plot.bar(ax=ax, rot=0)
-        ax.set_ylim(0, 1)
+        for bars in ax.containers:  # a value on each bar: a round that reuses nothing shows 0%, not a blank
+            ax.bar_label(bars, labels=[f"{b.get_height():.0%}" for b in bars], fontsize=8)
+        ax.set_ylim(0, 1.08)
         ax.set_ylabel("hit rate (scores reused)")
     _save(fig, out)
 
