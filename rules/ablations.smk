@@ -233,7 +233,7 @@ rule ablation_table:
         qrels=QRELS,
     output:
         parquet="results/ablations.parquet",
-        tsv=report("results/ablations.tsv", caption="../report/ablations.rst", category="7. Ablations"),
+        tsv=report("results/ablations.tsv", caption="../report/ablations.rst", category="5. Ablations"),
     params:
         runs=" ".join(shlex.join(["--run", v, str(n), split, run]) for v, n, split, run in ablation_runs()),
         references=" ".join(shlex.join(["--reference", name, split, run]) for name, split, run in ablation_references()),

@@ -110,7 +110,7 @@ rule summary:
         teacher_scores=teacher_score_files(),
     output:
         parquet="results/summary.parquet",
-        tsv=report("results/summary.tsv", caption="../report/summary.rst", category="5. Evaluation"),
+        tsv=report("results/summary.tsv", caption="../report/summary.rst", category="3. Evaluation"),
         cache="results/teacher_cache.tsv",
     log:
         "logs/summary/summary.log",

@@ -13,12 +13,12 @@ rule figures:
         pointwise=[f"results/iter-{n}/pointwise.parquet" for n in range(1, ITERATION + 1)],
         pairwise=[f"results/iter-{n}/pairwise.parquet" for n in range(1, ITERATION + 1)],
     output:
-        metrics=figure("metrics", "5. Evaluation"),
-        loss=figure("loss", "4. Training"),
-        teacher_scores=figure("teacher_scores", "3. Teachers", "scores"),
-        disagreement=figure("disagreement", "3. Teachers", "scores"),
-        teacher_cache=figure("teacher_cache", "3. Teachers", "cache"),
-        benchmarks=figure("benchmarks", "6. Time and memory"),
+        metrics=figure("metrics", "3. Evaluation"),
+        loss=figure("loss", "2. Training"),
+        teacher_scores=figure("teacher_scores", "1. Teachers", "scores"),
+        disagreement=figure("disagreement", "1. Teachers", "scores"),
+        teacher_cache=figure("teacher_cache", "1. Teachers", "cache"),
+        benchmarks=figure("benchmarks", "4. Time and memory"),
     params:
         benchmarks="benchmarks",
     log:
@@ -38,7 +38,7 @@ rule ablation_figure:
         summary="results/summary.parquet",
         ablations="results/ablations.parquet",
     output:
-        figure("ablations", "7. Ablations"),
+        figure("ablations", "5. Ablations"),
     log:
         "logs/figures/ablations.log",
     threads: 1

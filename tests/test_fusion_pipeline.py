@@ -86,7 +86,7 @@ def test_a_fusion_setting_refits_the_teachers_but_not_the_student(run):
     assert "index" in rules  # iteration 1's index follows its retrained checkpoint ...
 
 
-REPORT_SECTIONS = ("3. Teachers", "4. Training", "5. Evaluation", "6. Time and memory", "summary.tsv",
+REPORT_SECTIONS = ("1. Teachers", "2. Training", "3. Evaluation", "4. Time and memory", "summary.tsv",
                    "metrics.png", "loss.png", "teacher_scores.png", "disagreement.png", "teacher_cache.png",
                    "benchmarks.png")
 
