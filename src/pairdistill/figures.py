@@ -129,11 +129,17 @@ def metrics(summary: str | Path, out: str | Path, ablations: str | Path | None =
             for (variant, eval_set), g in ab[ab["measure"] == m].groupby(["variant", "eval_set"]):
                 g = g.sort_values("iteration")
                 legend[f"{variant} {eval_set}"], = ax.plot(g["iteration"], g["value"], marker="s", linestyle="--")
-        # references of the same value share the line, their dashes interleaved, so each shows
-        same = {}
-        for r in ref_rows:
-            same.setdefault(round(float(r[m]), 6), []).append(r)
-        for group in same.values():
+        # references of (nearly, at this scale) the same value share the line, their dashes
+        # interleaved, so that each shows
+        values = [float(v) for v in its[m].dropna()] + [float(r[m]) for r in ref_rows]
+        close = 0.01 * ((max(values) - min(values)) or 1.0)
+        groups = []
+        for r in sorted(ref_rows, key=lambda r: float(r[m])):
+            if groups and float(r[m]) - float(groups[-1][-1][m]) <= close:
+                groups[-1].append(r)
+            else:
+                groups.append([r])
+        for group in groups:
             for j, r in enumerate(group):
                 name = f"{r['system']} ({r['eval_set']})" if several else str(r["system"])
                 dashes = (j * 2.0, (2.0, 2.0 * (len(group) - 1))) if len(group) > 1 else (0, (1.5, 1.5))
