@@ -201,3 +201,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def fusion_run(tmp_path_factory, tiny_bert_dir) -> dict:
+    """One finished round of the DAG with the embedded default's fusion teachers on a SciFact slice
+    (a few minutes), shared by tests/test_fusion_pipeline.py and tests/test_report_browser.py.
+    Tests may read it and dry-run against it, not change its results."""
+    from workflow import DATA_DIR, make_slice, snakemake, tiny_fusion_overlay, write_config
+
+    if not (DATA_DIR / "scifact").is_dir():
+        pytest.skip("SciFact not found")
+    root = tmp_path_factory.mktemp("fusion-e2e")
+    make_slice(root / "data", n_train=32)
+    overlay = tiny_fusion_overlay(root / "data", tiny_bert_dir, **{"iteration": 1, "threads": 1})
+    configfile = write_config(root / "tiny.yaml", overlay)
+    work = root / "work"
+    work.mkdir()
+    proc = snakemake(work, configfiles=(configfile,))
+    return {"workdir": work, "config": configfile, "root": root, "proc": proc}

@@ -13,22 +13,15 @@ import pytest
 
 from pairdistill import io
 
-from workflow import DATA_DIR, dry_run, make_slice, snakemake, tiny_fusion_overlay, write_config
+from workflow import DATA_DIR, dry_run, snakemake, write_config
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (DATA_DIR / "scifact").is_dir(), reason="SciFact not found")]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_bert_dir):
-    root = tmp_path_factory.mktemp("fusion-e2e")
-    make_slice(root / "data", n_train=32)
-    overlay = tiny_fusion_overlay(root / "data", tiny_bert_dir, **{"iteration": 1, "threads": 1})
-    configfile = write_config(root / "tiny.yaml", overlay)
-    work = root / "work"
-    work.mkdir()
-    proc = snakemake(work, configfiles=(configfile,))
-    return {"workdir": work, "config": configfile, "root": root, "proc": proc}
+def run(fusion_run):
+    return fusion_run  # conftest.py's session-wide run, shared with test_report_browser.py
 
 
 def test_teachers_are_fitted_without_the_student(run):
