@@ -5,7 +5,8 @@ several points: in the middle of a pointwise scoring shard, of a pairwise scorin
 round 2's training, and after each kill rerun with --rerun-incomplete, as after a preemption. The
 job itself kills the run right after a given part or training state (PAIRDISTILL_KILL_AFTER, see
 pairdistill.preemption), so where it dies does not hang on timing. A second, uninterrupted run of
-the same config is the reference its results must equal.
+the same config is the reference its results must equal; what comes before round 1 is run once,
+in the reference, and copied to start the killed run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -33,6 +35,10 @@ pytestmark = [pytest.mark.slow,
 
 SHARDS = ("000-of-002", "001-of-002")
 PART_ROWS = 16
+# what comes before round 1 (data, iteration 0, the teachers fitted and evaluated): run once, in the
+# reference; the killed run starts from a copy of it (Snakemake's records too), and runs the rest
+UPSTREAM = ["results/iter-0/eval/test/metrics.parquet", "results/teachers/pointwise/rerank/metrics.parquet",
+            "results/teachers/pairwise/rerank/metrics.parquet", "results/teachers/pair_accuracy/metrics.parquet"]
 ARTIFACTS = {
     "results/data/corpus.parquet": "corpus",
     "results/data/queries.parquet": "queries",
@@ -91,10 +97,11 @@ def run(tmp_path_factory, tiny_bert_dir):
     configfile = write_config(root / "tiny.yaml", overlay)
     reference = root / "reference"
     reference.mkdir()
+    snakemake(reference, "-p", *UPSTREAM, configfiles=(configfile,))  # -p ends --configfile's list
+    workdir = root / "work"
+    shutil.copytree(reference, workdir, symlinks=True)  # modification times kept: nothing upstream is stale
     snakemake(reference, configfiles=(configfile,))
 
-    workdir = root / "work"
-    workdir.mkdir()
     killed = []
     for kill_after, log, outputs, state, before, _ in KILLS:
         if before:
@@ -110,6 +117,12 @@ def run(tmp_path_factory, tiny_bert_dir):
     resumed = snakemake(workdir, "--rerun-incomplete", configfiles=(configfile,))
     return {"workdir": workdir, "reference": reference, "config": configfile, "root": root, "killed": killed,
             "resumed": resumed}
+
+
+def test_the_killed_run_reran_nothing_it_copied(run):
+    w, ref = run["workdir"], run["reference"]
+    for rel in [*UPSTREAM, "results/teachers/pointwise/model/pairdistill_teacher.json", "logs/fit_teacher/pairwise.log"]:
+        assert (w / rel).stat().st_mtime_ns == (ref / rel).stat().st_mtime_ns, rel
 
 
 def test_each_kill_left_no_output_and_kept_its_resume_state(run):
