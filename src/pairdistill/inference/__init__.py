@@ -315,4 +315,3 @@ def load_t5_first_step(path: str, **options) -> InferenceModel:
 __all__ = ["BACKENDS", "QUANTIZE", "PRECISIONS", "InferenceModel", "check_backend", "default_cache_dir",
            "load_classifier", "load_encoder", "load_t5_first_step", "openvino_has_bf16"]
 
-from . import pipeline  # noqa: E402  (the stages' settings and drop-in modules; imports this module)
