@@ -151,7 +151,9 @@ def link_or_copy(src: str | Path, dst: str | Path) -> None:
 
 
 def link_artifact(src: str | Path, out: str | Path) -> None:
-    """``src`` (a file or a directory) at ``out`` too, hard-linked, written atomically: another
+    """A finished artifact (file or directory) at another path too, hard-linked.
+
+    ``src`` (a file or a directory) at ``out`` too, hard-linked, written atomically: another
     run's finished artifact taken as it is (an ablation variant's stage its setting does not reach)."""
     src = Path(src)
     if not src.exists():
