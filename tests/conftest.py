@@ -6,9 +6,11 @@ castorini's monoT5/duoT5) so every code path runs, in milliseconds instead of se
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -192,6 +194,31 @@ def tiny_causal_lm_dir(tmp_path_factory) -> str:
     GPT2LMHeadModel(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def scifact_head():
+    """The first 80 SciFact passages: (frame doc_id/title/text, texts as the models see them)."""
+    from workflow import DATA_DIR
+
+    path = DATA_DIR / "scifact" / "corpus.jsonl"
+    if not path.exists():
+        pytest.skip("SciFact not found")
+    with open(path) as f:
+        docs = [json.loads(line) for line, _ in zip(f, range(80))]
+    df = pd.DataFrame({"doc_id": [d["_id"] for d in docs], "title": [d["title"] for d in docs],
+                       "text": [d["text"] for d in docs]})
+    return df, [f"{t} {x}" for t, x in zip(df["title"], df["text"])]
+
+
+@pytest.fixture(scope="session")
+def tiny_colbert_checkpoint(tmp_path_factory, tiny_bert_dir):
+    """An iteration-0 ColBERT checkpoint on the tiny BERT (dim 16, 16 query and 32 passage tokens)."""
+    from pairdistill.students import colbert
+
+    out = tmp_path_factory.mktemp("student") / "ckpt"
+    colbert.init_checkpoint(tiny_bert_dir, out, dim=16, query_maxlen=16, doc_maxlen=32, seed=0)
+    return out
 
 
 @pytest.fixture

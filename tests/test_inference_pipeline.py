@@ -12,7 +12,6 @@ import importlib.util
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from scipy.stats import spearmanr
@@ -42,25 +41,13 @@ def _has_bf16() -> bool:
 
 
 @pytest.fixture(scope="module")
-def corpus():
-    from workflow import DATA_DIR
-
-    path = DATA_DIR / "scifact" / "corpus.jsonl"
-    if not path.exists():
-        pytest.skip("SciFact not found")
-    docs = [json.loads(line) for line, _ in zip(open(path), range(60))]
-    df = pd.DataFrame({"doc_id": [d["_id"] for d in docs], "title": [d["title"] for d in docs],
-                       "text": [d["text"] for d in docs]})
-    return df, [f"{t} {x}" for t, x in zip(df["title"], df["text"])]
+def corpus(scifact_head):
+    return scifact_head
 
 
 @pytest.fixture(scope="module")
-def colbert_checkpoint(tmp_path_factory, tiny_bert_dir):
-    from pairdistill.students import colbert
-
-    out = tmp_path_factory.mktemp("student") / "ckpt"
-    colbert.init_checkpoint(tiny_bert_dir, out, dim=16, query_maxlen=16, doc_maxlen=32, seed=0)
-    return out
+def colbert_checkpoint(tiny_colbert_checkpoint):
+    return tiny_colbert_checkpoint
 
 
 def test_default_runs_the_torch_models(tiny_cross_encoder_dir, tiny_bert_dir):

@@ -11,25 +11,15 @@ import torch
 from pairdistill.students import colbert
 from pairdistill.students import runs
 
-from workflow import DATA_DIR
+
+@pytest.fixture(scope="module")
+def corpus(scifact_head):
+    return scifact_head
 
 
 @pytest.fixture(scope="module")
-def corpus():
-    path = DATA_DIR / "scifact" / "corpus.jsonl"
-    if not path.exists():
-        pytest.skip("SciFact not found")
-    docs = [json.loads(line) for line, _ in zip(open(path), range(80))]
-    df = pd.DataFrame({"doc_id": [d["_id"] for d in docs], "title": [d["title"] for d in docs],
-                       "text": [d["text"] for d in docs]})
-    return df, [f"{t} {x}" for t, x in zip(df["title"], df["text"])]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, tiny_bert_dir):
-    out = tmp_path_factory.mktemp("student") / "ckpt"
-    colbert.init_checkpoint(tiny_bert_dir, out, dim=16, query_maxlen=16, doc_maxlen=32, seed=0)
-    return out
+def checkpoint(tiny_colbert_checkpoint):
+    return tiny_colbert_checkpoint
 
 
 def test_checkpoint_describes_itself(checkpoint):

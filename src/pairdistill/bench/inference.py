@@ -235,6 +235,15 @@ def load_variant(path: str, variant: str, cache_dir: Path, threads: int, calibra
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
 
 
+def emit(result: dict, out: Path | None) -> int:
+    """The benchmark's one JSON line: printed last (scripts read it), and written to ``out`` if given."""
+    line = json.dumps(result)
+    if out:
+        out.write_text(line + "\n")
+    print(line, flush=True)
+    return 0
+
+
 def show(rows: list[dict], rate: str = "tokens_per_s") -> None:
     print(f"{'backend':20} {rate:>13} {'x torch fp32':>12} {'max|dpool|':>10} {'rho_mean':>8} {'rho_min':>8}  skipped")
     for r in rows:
@@ -339,11 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                    "load_avg": {"start": list(load_start), "end": list(os.getloadavg())},
                    "env": environment(args.threads), "rows": rows})
     show(rows)
-    line = json.dumps(result)
-    if args.out:
-        args.out.write_text(line + "\n")
-    print(line, flush=True)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

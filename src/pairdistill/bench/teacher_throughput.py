@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
-import json
 import os
 import random
 import tempfile
@@ -56,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .inference import (REFERENCE, SCIFACT, environment, interleaved, log, parse_variants, passage_text,
+from .inference import (REFERENCE, SCIFACT, emit, environment, interleaved, log, parse_variants, passage_text,
                         read_jsonl, spearman, split_variant, test_queries, timing)
 
 DEFAULT_BACKENDS = "torch/fp32/none,torch/fp32/int8,openvino/fp32/none,openvino/bf16/none,openvino/fp32/int8"
@@ -376,11 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                    "env": environment(args.threads, ("sentence-transformers", "optimum", "optimum-intel")),
                    "rows": rows, "pairwise_rows": pairwise_rows})
     tmp.cleanup()
-    line = json.dumps(result)
-    if args.out:
-        args.out.write_text(line + "\n")
-    print(line, flush=True)
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":
