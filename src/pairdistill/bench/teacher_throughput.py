@@ -159,7 +159,28 @@ def chunked(n: int, size: int) -> list[slice]:
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def measure(scorers: dict, chunks: list[slice], rounds: int, n: int) -> tuple[dict, dict]:
+def our_scorers(kind: str, model: str, route: str, max_length: int, args, family: str, label: str,
+                chunks: list[slice], score) -> tuple[dict, dict]:
+    """Our scorer per backend variant (the reference first), each a step function of the chunk
+    index running ``score(scorer, chunk)`` under its settings; and the variants skipped, with why."""
+    scorers, skipped = {}, {}
+    for v in [REFERENCE] + [v for v in parse_variants(args.backends) if v != REFERENCE]:
+        got = load_ours(kind, model, v, route, max_length, args.batch_size, family)
+        name = f"{label} {v}"
+        if isinstance(got, str):
+            skipped[name] = got
+            log(f"{name}: skipped: {got}")
+            continue
+        scorer, ctx = got
+
+        def run(step, scorer=scorer, ctx=ctx):
+            with ctx():
+                return score(scorer, chunks[step])
+        scorers[name] = run
+    return scorers, skipped
+
+
+def measure(scorers: dict, chunks: list[slice], rounds: int) -> tuple[dict, dict]:
     seconds, outputs = interleaved(scorers, len(chunks), rounds, log)
     scores = {k: np.concatenate([np.asarray(o, dtype=np.float32).reshape(-1) for o in outs])
               for k, outs in outputs.items()}
@@ -183,22 +204,8 @@ def pointwise_section(args, model: str, pairs, route: str) -> tuple[list[dict], 
     queries = [q for _, q, _ in pairs]
     docs = [d for _, _, d in pairs]
     chunks = chunked(len(pairs), args.chunk)
-    scorers, skipped, contexts = {}, {}, {}
-    for v in [REFERENCE] + [v for v in parse_variants(args.backends) if v != REFERENCE]:
-        got = load_ours("pointwise", model, v, route, args.max_length, args.batch_size, "cross-encoder")
-        name = f"ours {v}"
-        if isinstance(got, str):
-            skipped[name] = got
-            log(f"{name}: skipped: {got}")
-            continue
-        scorer, ctx = got
-        contexts[name] = ctx
-
-        def run(step, scorer=scorer, ctx=ctx):
-            sl = chunks[step]
-            with ctx():
-                return scorer.score(queries[sl], docs[sl])
-        scorers[name] = run
+    scorers, skipped = our_scorers("pointwise", model, route, args.max_length, args, "cross-encoder", "ours",
+                                   chunks, lambda scorer, sl: scorer.score(queries[sl], docs[sl]))
     peer_msg = None
     for backend in [b for b in args.peer_backends.split(",") if b] if not args.no_peer else ():
         ce = load_peer(model, backend, args.max_length)
@@ -212,7 +219,7 @@ def pointwise_section(args, model: str, pairs, route: str) -> tuple[list[dict], 
     if "CrossEncoder onnx" not in skipped and not args.no_peer:
         skipped["CrossEncoder onnx"] = ("not installed: optimum-onnx needs the onnx package, which brings "
                                         "protobuf (kept out of this environment)")
-    seconds, scores = measure(scorers, chunks, args.rounds, len(pairs))
+    seconds, scores = measure(scorers, chunks, args.rounds)
     ref = f"ours {REFERENCE}"
     peer = scores.get("CrossEncoder torch")
     rows = []
@@ -251,22 +258,9 @@ def pairwise_section(args, model: str, pairs, route: str) -> list[dict]:
         triples = half + [(q, b, a) for q, a, b in half]
     q, a, b = (list(x) for x in zip(*triples))
     chunks = chunked(len(triples), args.chunk)
-    scorers, skipped = {}, {}
-    for v in [REFERENCE] + [v for v in parse_variants(args.backends) if v != REFERENCE]:
-        got = load_ours("pairwise", model, v, route, args.pairwise_max_length, args.batch_size, family)
-        name = f"ours {family} {v}"
-        if isinstance(got, str):
-            skipped[name] = got
-            log(f"{name}: skipped: {got}")
-            continue
-        scorer, ctx = got
-
-        def run(step, scorer=scorer, ctx=ctx):
-            sl = chunks[step]
-            with ctx():
-                return scorer.prob(q[sl], a[sl], b[sl])
-        scorers[name] = run
-    seconds, scores = measure(scorers, chunks, args.rounds, len(triples))
+    scorers, skipped = our_scorers("pairwise", model, route, args.pairwise_max_length, args, family,
+                                   f"ours {family}", chunks, lambda scorer, sl: scorer.prob(q[sl], a[sl], b[sl]))
+    seconds, scores = measure(scorers, chunks, args.rounds)
     ref = f"ours {family} {REFERENCE}"
     rows = []
     for name in list(scorers) + list(skipped):
