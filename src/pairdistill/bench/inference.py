@@ -59,7 +59,10 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
 
 
 def passage_text(doc: dict) -> str:
-    return (doc.get("title") or "") + " " + doc["text"]
+    """A BEIR corpus line as the pipeline's models see it (:func:`pairdistill.data.passage_text`)."""
+    from ..data import passage_text as joined
+
+    return joined(doc.get("title") or "", doc["text"])
 
 
 def test_queries(data: Path, n: int | None = None) -> list[tuple[str, str, list[str]]]:
