@@ -24,6 +24,7 @@ include: "rules/distill.smk"
 include: "rules/evaluate.smk"
 include: "rules/zeroshot.smk"
 include: "rules/ablations.smk"
+include: "rules/export.smk"
 include: "rules/report.smk"
 
 

@@ -84,6 +84,7 @@ STAGES = [
     stage("stages:pointwise", gpu=True),
     stage("stages:sample_pairs"),
     stage("stages:pairwise", gpu=True),
+    stage("export:export"),
     stage("stages:gather"),
     stage("io:link_artifact", "link"),
     stage("stages:train", gpu=True, processes=True),

@@ -273,10 +273,10 @@ def export(iteration: int, *, results: str = "results", out: str | None = None, 
         iteration: the distillation round to export (1 or more)
         results: the run's results directory, where the round's files are found by default
         out: the dataset directory (default <results>/export/iter-N); an existing one may hold a previous export only
-        pointwise: the round's pointwise teacher scores (default <results>/iter-N/pointwise.parquet)
-        pairwise: the round's pairwise teacher scores (default <results>/iter-N/pairwise.parquet)
-        corpus: the passages (default <results>/data/corpus.parquet)
-        queries: the queries (default <results>/data/queries.parquet)
+        pointwise_path: the round's pointwise teacher scores (default <results>/iter-N/pointwise.parquet)
+        pairwise_path: the round's pairwise teacher scores (default <results>/iter-N/pairwise.parquet)
+        corpus_path: the passages (default <results>/data/corpus.parquet)
+        queries_path: the queries (default <results>/data/queries.parquet)
         retriever: the checkpoint whose top-k the round scored (default <results>/iter-N-1/checkpoint)
         split: the queries' split the round trained on (needed only where a query id has texts in several)
         top_k: retrieve.top_k of the run, for the card (checked against the retriever ranks)
