@@ -48,6 +48,7 @@ SCHEMAS = {
                         pa.field("p_ab", F32, nullable=False), pa.field("p_ba", F32)]),
 }
 BATCH_ROWS = io.ROW_GROUP_ROWS
+TEXT_BATCH_ROWS = 4096
 
 
 def _check_artifact(path: Path, name: str) -> None:
@@ -202,7 +203,8 @@ def _write_documents(corpus_path: Path, wanted: pa.Array, writer: pq.ParquetWrit
                      pointwise: Path) -> int:
     found = _IdSet()
     n = 0
-    for batch in _batches(corpus_path, ["doc_id", "title", "text"], batch_rows):
+    # passages are long: a few thousand at a time bounds the Python strings of passage_text
+    for batch in _batches(corpus_path, ["doc_id", "title", "text"], min(batch_rows, TEXT_BATCH_ROWS)):
         batch = batch.filter(pc.is_in(batch["doc_id"], value_set=wanted))
         if not batch.num_rows:
             continue

@@ -19,4 +19,5 @@ BENCHMARKS = {
     "datascale": "datascale",
     "inference": "inference",
     "teacher-throughput": "teacher_throughput",
+    "export": "export",
 }
