@@ -60,7 +60,9 @@ def _check_artifact(path: Path, name: str) -> None:
 
 
 def _batches(path: Path, columns: list[str], batch_rows: int) -> Iterator[pa.Table]:
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns):
+    # pre_buffer (the default) keeps what it read of the file: 650 MB instead of 330 MB over the
+    # 1/10 MS MARCO corpus (335 MB of Parquet)
+    for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_rows, columns=columns):
         yield pa.Table.from_batches([batch])
 
 
@@ -203,14 +205,17 @@ def _write_documents(corpus_path: Path, wanted: pa.Array, writer: pq.ParquetWrit
                      pointwise: Path) -> int:
     found = _IdSet()
     n = 0
-    # passages are long: a few thousand at a time bounds the Python strings of passage_text
-    for batch in _batches(corpus_path, ["doc_id", "title", "text"], min(batch_rows, TEXT_BATCH_ROWS)):
-        batch = batch.filter(pc.is_in(batch["doc_id"], value_set=wanted))
-        if not batch.num_rows:
-            continue
-        texts = [passage_text(t, x) for t, x in zip(batch["title"].to_pylist(), batch["text"].to_pylist())]
-        writer.write_table(pa.table({"document_id": batch["doc_id"], "text": pa.array(texts, type=S)},
-                                    schema=SCHEMAS["documents"]))
+    for batch in _batches(corpus_path, ["doc_id", "title", "text"], batch_rows):
+        batch = batch.filter(pc.is_in(batch["doc_id"], value_set=wanted))  # one lookup table a batch
+        # passages are long: a few thousand at a time bounds the Python strings of passage_text
+        texts = []
+        for lo in range(0, batch.num_rows, TEXT_BATCH_ROWS):
+            part = batch.slice(lo, TEXT_BATCH_ROWS)
+            texts.append(pa.array([passage_text(t, x) for t, x in zip(part["title"].to_pylist(),
+                                                                       part["text"].to_pylist())], type=S))
+        if texts:
+            writer.write_table(pa.table({"document_id": batch["doc_id"], "text": pa.chunked_array(texts, type=S)},
+                                        schema=SCHEMAS["documents"]))
         found.add(batch["doc_id"])
         n += batch.num_rows
     have = found.array()
