@@ -7,9 +7,10 @@ Writes the synthetic files of the data-scale benchmark (``bench datascale``:
 :func:`pairdistill.synthetic.write_training_inputs` at ``fraction`` of MS MARCO's training data:
 800K queries, the top-100 pointwise rows of each, 50 pairs a query, 8.8M passages of ~60 words),
 then runs the export stage on them in a fresh process, as the Snakemake rule does. ``seconds``
-is that process's time in :func:`pairdistill.export.export` (not its imports, ``import_s``, nor
-generating the files, ``generate_s``); ``peak_rss_mb`` its peak resident set (``getrusage``),
-next to the sizes of its input and output files. The last line printed is one JSON object.
+is that process's wall time in :func:`pairdistill.export.export` (not its imports, ``import_s``,
+nor generating the files, ``generate_s``), which a shared CPU stretches; ``cpu_s`` its CPU time,
+imports included; ``peak_rss_mb`` its peak resident set (``getrusage``); then the sizes of the
+input and output files. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -65,9 +66,11 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
             return proc.returncode
         child = json.loads(proc.stdout.strip().splitlines()[-1])
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peak = usage.ru_maxrss / 1024
         mb = lambda paths: {p.stem: round(p.stat().st_size / 2**20, 1) for p in paths}  # noqa: E731
-        print(json.dumps({"fraction": a.fraction, "seconds": round(child["seconds"], 1), "peak_rss_mb": round(peak),
+        print(json.dumps({"fraction": a.fraction, "seconds": round(child["seconds"], 1),
+                          "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "peak_rss_mb": round(peak),
                           "queries": n_queries, "passages": n_docs, "pointwise_rows": n_queries * MSMARCO["k"],
                           "pairwise_rows": n_queries * MSMARCO["pairs"], "exported_rows": child["rows"],
                           "import_s": round(child["import_s"], 1), "generate_s": round(generate_s, 1),
