@@ -185,3 +185,55 @@ def test_no_list_at_all_is_no_group():
     pw, pr, positives = _case(0)
     got, stats = build_groups(pw.iloc[:0], pr.iloc[:0], positives, nway=3, use_labels=True, seed=0)
     assert len(got) == 0 and stats["groups"] == 0
+
+
+def _with_ranks(pw: pd.DataFrame, pr: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """The pairs with rank_a/rank_b as the pairwise stage writes them (each passage's teacher rank
+    in its query's list), some of them wrong or out of range, and some ids of one list's passages
+    given with a rank of the list that holds another."""
+    rng = np.random.default_rng(seed)
+    rank_of = {(q, d): int(r) for q, d, r in pw[["query_id", "doc_id", "teacher_rank"]].itertuples(index=False)}
+    pr = pr.copy()
+    for side in ("a", "b"):
+        ranks = np.array([rank_of.get((q, d), 1) for q, d in zip(pr["query_id"], pr[f"doc_{side}"])])
+        wrong = rng.random(len(pr)) < 0.15
+        ranks[wrong] = rng.integers(-1, 15, size=int(wrong.sum()))
+        pr[f"rank_{side}"] = ranks.astype("int32")
+    return pr
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("source", ["frame", "parquet"])
+def test_pairs_found_by_their_ranks_give_the_same_groups(tmp_path, seed, source):
+    """rank_a/rank_b name the pair's rows of the list (no hashing of the ids where the row holds the
+    same id); wrong ranks fall back to the ids, so the groups are the loop's whatever the ranks say."""
+    from pairdistill import io
+    from pairdistill.train.batches import ParquetColumns
+
+    pw, pr, positives = _case(seed, grouped=seed % 2 == 0)
+    pr = _with_ranks(pw, pr, seed)
+    want, want_stats = reference_build_groups(pw, pr, positives, nway=4, use_labels=True, seed=seed,
+                                              unlabelled_queries=True)
+    point_cols, pair_cols = ["query_id", "doc_id", "teacher_score", "teacher_rank"], \
+        ["query_id", "doc_a", "doc_b", "rank_a", "rank_b", "prob"]
+    if source == "parquet":  # the train stage's reading: the artifacts' columns one at a time
+        full_pw = pw.assign(retriever_rank=pw["teacher_rank"], retriever_score=np.float32(1.0), cached=False)
+        full_pr = pr.assign(p_ab=pr["prob"], p_ba=1 - pr["prob"], cached=False)
+        io.write_table(full_pw, "pointwise", tmp_path / "pointwise.parquet")
+        io.write_table(full_pr, "pairwise", tmp_path / "pairwise.parquet")
+        pw_in = ParquetColumns(tmp_path / "pointwise.parquet", "pointwise", point_cols)
+        pr_in = ParquetColumns(tmp_path / "pairwise.parquet", "pairwise", pair_cols)
+    else:
+        pw_in, pr_in = pw, pr
+    got, stats = build_groups(pw_in, pr_in, positives, nway=4, use_labels=True, seed=seed, unlabelled_queries=True)
+    assert _as_tuples(got) == _as_tuples(want)
+    assert stats == want_stats and want_stats["pairs_in_groups"] > 0
+
+
+def test_lists_not_ranked_1_to_n_ignore_the_ranks():
+    pw, pr, positives = _case(5)
+    pr = _with_ranks(pw, pr, 5)
+    pw["teacher_rank"] = (pw["teacher_rank"] * 2).astype("int32")  # ranks 2, 4, ...: rank_a names no row
+    want, _ = reference_build_groups(pw, pr, positives, nway=3, use_labels=False, seed=1)
+    got, _ = build_groups(pw, pr, positives, nway=3, use_labels=False, seed=1)
+    assert _as_tuples(got) == _as_tuples(want)

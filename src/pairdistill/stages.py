@@ -772,13 +772,12 @@ def train(checkpoint: str, corpus_path: str, queries_path: str, qrels_path: str,
     positives: dict[str, set[str]] = {}
     for q, d in qrels.loc[qrels["relevance"] > 0, ["query_id", "doc_id"]].itertuples(index=False):
         positives.setdefault(q, set()).add(d)
-    point_cols, pair_cols = ["query_id", "doc_id", "teacher_score", "teacher_rank"], ["query_id", "doc_a", "doc_b", "prob"]
+    point_cols = ["query_id", "doc_id", "teacher_score", "teacher_rank"]
+    pair_cols = ["query_id", "doc_a", "doc_b", "rank_a", "rank_b", "prob"]  # ranks: where a pair's passages are
     # only the columns training uses: at paper scale these files hold ~80M and ~40M rows
-    if world == 1:
-        pointwise_rows = io.read_table(pointwise_path, "pointwise", columns=point_cols, arrow=True,
-                                       dictionary=["query_id"])
-        pairwise_rows = io.read_table(pairwise_path, "pairwise", columns=pair_cols, arrow=True,
-                                      dictionary=["query_id"])
+    if world == 1:  # read a column at a time by build_groups, each dropped once it is codes
+        pointwise_rows = training.ParquetColumns(pointwise_path, "pointwise", point_cols)
+        pairwise_rows = training.ParquetColumns(pairwise_path, "pairwise", pair_cols)
     else:  # this process's share of the queries, and only their rows
         share = [q for q in queries if shards.shard_of(q, world) == rank]
         pointwise_rows = io.read_rows(pointwise_path, "pointwise", "query_id", share, columns=point_cols, arrow=True)

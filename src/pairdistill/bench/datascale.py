@@ -48,6 +48,7 @@ def timed(name, fn):
             phases[name] = phases.get(name, 0.0) + time.monotonic() - t
     return wrapper
 io.read_table = timed("read_tables", io.read_table)
+batches.ParquetColumns.column = timed("read_tables", batches.ParquetColumns.column)
 built = {}
 def build(*a, _build=timed("build_groups", training.build_groups), **k):
     groups, stats = _build(*a, **k)

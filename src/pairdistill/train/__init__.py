@@ -54,14 +54,14 @@ and :mod:`.loop` (the student kinds' interface, a step's loss and gradients, pre
 :func:`train` itself).
 """
 
-from .batches import Batch, Group, Groups, build_groups, in_batch_positive, make_batch
+from .batches import Batch, Group, Groups, ParquetColumns, build_groups, in_batch_positive, make_batch
 from .loop import (COLBERT, CONTRASTIVE_NEGATIVES, PRECISIONS, ColBERTKind, batch_gradients, resolve_precision,
                    step_loss, student_kind, train)
 from .parallel import launch_rank
 from .passages import PassageTexts, read_passages
 from .state import STATE_FORMAT, load_state, remove_state_dir, run_fingerprint, save_state
 
-__all__ = ["Batch", "Group", "Groups", "build_groups", "in_batch_positive", "make_batch", "COLBERT",
+__all__ = ["Batch", "Group", "Groups", "ParquetColumns", "build_groups", "in_batch_positive", "make_batch", "COLBERT",
            "CONTRASTIVE_NEGATIVES", "PRECISIONS", "ColBERTKind", "batch_gradients", "resolve_precision", "step_loss",
            "student_kind", "train",
            "launch_rank", "PassageTexts", "read_passages", "STATE_FORMAT", "load_state", "remove_state_dir",

@@ -121,8 +121,9 @@ class Groups(Sequence):
 
     def passage_ids(self) -> pa.Array:
         """Every passage id of the groups and their mined negatives, each once."""
-        used = np.unique(self.doc_codes)
-        ids = self.doc_vocab.take(pa.array(used))
+        used = np.zeros(len(self.doc_vocab), dtype=bool)  # a mask, not np.unique: a sort of 51M codes
+        used[self.doc_codes.ravel()] = True
+        ids = self.doc_vocab.take(pa.array(np.flatnonzero(used)))
         if self.negatives:
             ids = pc.unique(pa.concat_arrays([ids.cast(pa.string()), pa.array(
                 [d for v in self.negatives.values() for d in v], type=pa.string())]))
@@ -133,9 +134,41 @@ class Groups(Sequence):
         return [Group(g.query_id, g.doc_ids, g.teacher_scores, g.positive_index, g.pairs, g.negatives) for g in self]
 
 
+class ParquetColumns:
+    """An artifact's columns read one at a time, when :func:`build_groups` asks for them: it turns
+    each into integer codes or numbers and drops it before reading the next, so the whole table
+    (at MS MARCO size ~2 GB of Arrow for the pointwise file, half of it the passage ids) is never
+    held at once. ``query_id`` is read dictionary-encoded, as Parquet stores it."""
+
+    def __init__(self, path, name: str, columns: Sequence[str]):
+        import pyarrow.parquet as pq
+
+        from .. import io
+
+        io._check_schema(path, name)
+        self.path, self.column_names = str(path), list(columns)
+        self.num_rows = pq.ParquetFile(self.path).metadata.num_rows
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        import pyarrow.parquet as pq
+
+        if name not in self.column_names:
+            raise KeyError(f"{self.path}: column {name!r} not among those read ({', '.join(self.column_names)})")
+        dictionary = [name] if name == "query_id" else None
+        return pq.read_table(self.path, columns=[name], read_dictionary=dictionary).column(name)
+
+
 def _column(frame, name: str):
-    """A column of a DataFrame or an Arrow table."""
-    return frame.column(name) if isinstance(frame, pa.Table) else frame[name]
+    """A column of a DataFrame, an Arrow table or :class:`ParquetColumns`."""
+    return frame.column(name) if isinstance(frame, (pa.Table, ParquetColumns)) else frame[name]
+
+
+def _has(frame, name: str) -> bool:
+    return name in (frame.column_names if isinstance(frame, (pa.Table, ParquetColumns)) else frame.columns)
+
+
+def _rows(frame) -> int:
+    return int(frame.num_rows if isinstance(frame, (pa.Table, ParquetColumns)) else len(frame))
 
 
 def _strings(col, keep_dictionary: bool = False) -> pa.ChunkedArray:
@@ -160,11 +193,18 @@ def _encode(col) -> tuple[pa.Array, np.ndarray]:
             return pa.array([], type=pa.string()), np.zeros(0, dtype=np.int64)
         col = col.unify_dictionaries()
         vocab = _strings(col.chunks[0].dictionary).combine_chunks()
-        idx = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in col.chunks]).astype(np.int64)
+        idx = _indices(col.chunks)
         if len(pc.unique(vocab)) == len(vocab):
             return vocab, idx
         col = pa.chunked_array([vocab.take(pa.array(idx))])
     return _codes(col.dictionary_encode())
+
+
+def _flat(col: pa.ChunkedArray) -> pa.Array:
+    """One array of a column of strings (large strings past 2 GB of text), for repeated takes."""
+    if col.nbytes >= 2**31 - 1:
+        col = col.cast(pa.large_string())
+    return col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
 
 
 def _numbers(col) -> np.ndarray:
@@ -173,12 +213,18 @@ def _numbers(col) -> np.ndarray:
     return np.asarray(col)
 
 
+def _indices(chunks) -> np.ndarray:
+    """The indices of dictionary chunks, concatenated as int32 (int64 past 2**31 entries)."""
+    idx = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks]) if chunks else \
+        np.zeros(0, dtype=np.int32)
+    return idx if idx.dtype in (np.int32, np.int64) else idx.astype(np.int64)
+
+
 def _codes(encoded: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
-    """(dictionary, int64 indices) of a dictionary-encoded chunked array (one dictionary for all chunks)."""
+    """(dictionary, int32/int64 indices) of a dictionary-encoded chunked array (one dictionary for all chunks)."""
     if encoded.num_chunks == 0:
-        return pa.array([], type=pa.string()), np.zeros(0, dtype=np.int64)
-    return (encoded.chunks[-1].dictionary,
-            np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in encoded.chunks]).astype(np.int64))
+        return pa.array([], type=pa.string()), np.zeros(0, dtype=np.int32)
+    return encoded.chunks[-1].dictionary, _indices(encoded.chunks)
 
 
 def _lookup(vocab: pa.Array, values) -> np.ndarray:
@@ -217,6 +263,17 @@ def _order(codes: np.ndarray, then: np.ndarray | None = None) -> np.ndarray:
     return np.arange(n) + np.repeat(first - out_starts, lens[by])
 
 
+def _ranked_1_to_n(ranks: np.ndarray, starts: np.ndarray) -> bool:
+    """Whether the rows, sorted by query then rank, rank each query's list 1, 2, ... its length."""
+    if not len(ranks):
+        return True
+    if not np.all(ranks[starts[:-1]] == 1):
+        return False
+    step = np.diff(ranks)
+    step[starts[1:-1] - 1] = 1  # across two lists
+    return bool(np.all(step == 1))
+
+
 def _member(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     if not len(sorted_keys):
         return np.zeros(len(keys), dtype=bool)
@@ -224,6 +281,7 @@ def _member(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return sorted_keys[at] == keys
 
 
+KEY_CHUNK = 1 << 23      # rows whose int64 keys (or compared ids) are computed at once
 BLOCK_QUERIES = 16_384  # queries grouped at once: bounds the temporaries whatever the number of queries
 BLOCK_CELLS = 1 << 22   # and queries x the longest list among them
 
@@ -237,7 +295,8 @@ def _block(q0, q1, q_pw, d_pw, scores, is_pos, starts, eligible, has_label, firs
     the permuted pair order, the pool 1 + 2 * pairs + position; a group is the nway earliest."""
     nb = q1 - q0
     r0, r1 = starts[q0], starts[q1]
-    bq, bd, bs, bpos = q_pw[r0:r1] - q0, d_pw[r0:r1], scores[r0:r1], is_pos[r0:r1]
+    bq, bd = q_pw[r0:r1].astype(np.int64) - q0, d_pw[r0:r1].astype(np.int64)  # int64: keys q * M + d
+    bs, bpos = scores[r0:r1], is_pos[r0:r1]
     width = max(1, int(np.diff(starts[q0:q1 + 1]).max()))
     pos_in_list = np.arange(r1 - r0) - (starts[q0:q1] - r0)[bq]
     # (query, passage) -> its first and last row: one stable sort of the block's keys
@@ -263,7 +322,7 @@ def _block(q0, q1, q_pw, d_pw, scores, is_pos, starts, eligible, has_label, firs
     belig = eligible[q0:q1]
     pool = belig[bq] & ~bpos
     s0, s1 = pair_starts[q0], pair_starts[q1]
-    aq, ap = pair_q[s0:s1] - q0, pair_p[s0:s1]
+    aq, ap = pair_q[s0:s1].astype(np.int64) - q0, pair_p[s0:s1]
     ja, jb = where(aq, pair_a[s0:s1]), where(aq, pair_b[s0:s1])
     seg = pair_starts[q0:q1 + 1] - s0
     perm = np.arange(len(aq))
@@ -327,13 +386,13 @@ def build_groups(pointwise, pairwise, positives: dict[str, set[str]], *,
     into a columnar :class:`Groups`; no Python object per passage.
     """
     rng = np.random.default_rng(seed)
-    n_pairs_sampled = int(len(pairwise) if not isinstance(pairwise, pa.Table) else pairwise.num_rows)
+    n_pairs_sampled = _rows(pairwise)
     # queries: sorted codes; passages: codes in order of first appearance (ND: "not a passage of any list")
     q_dict, q_raw = _encode(_column(pointwise, "query_id"))
     by_name = np.asarray(pc.array_sort_indices(q_dict), dtype=np.int64)
     q_vocab = q_dict.take(pa.array(by_name))
-    q_rank = np.empty(len(q_dict), dtype=np.int64)
-    q_rank[by_name] = np.arange(len(q_dict))
+    q_rank = np.empty(len(q_dict), dtype=np.int32)
+    q_rank[by_name] = np.arange(len(q_dict), dtype=np.int32)
     q_pw = q_rank[q_raw]
     del q_raw
     d_vocab, d_pw = _encode(_column(pointwise, "doc_id"))
@@ -348,10 +407,15 @@ def build_groups(pointwise, pairwise, positives: dict[str, set[str]], *,
     scores = _numbers(_column(pointwise, "teacher_score"))
     if scores.dtype not in (np.float32, np.float64):
         scores = scores.astype(np.float64)
-    order = _order(q_pw, _numbers(_column(pointwise, "teacher_rank")))
-    q_pw, d_pw, scores = q_pw[order], d_pw[order], scores[order]
+    ranks = _numbers(_column(pointwise, "teacher_rank"))
+    order = _order(q_pw, ranks)
+    q_pw, d_pw, scores, ranks = q_pw[order], d_pw[order], scores[order], ranks[order]
     del order
     starts = np.searchsorted(q_pw, np.arange(nq + 1))
+    lens = np.diff(starts)
+    # each list ranked 1, 2, ... n (as the pipeline writes it): a pair's rank_a is then its row's place
+    ranked = _ranked_1_to_n(ranks, starts)
+    del ranks
 
     # labelled positives, as sorted (query, passage) keys; the teacher's best-ranked one per query
     has_label = np.zeros(nq, dtype=bool)
@@ -361,11 +425,13 @@ def build_groups(pointwise, pairwise, positives: dict[str, set[str]], *,
         pq_ids = [q for q, docs in positives.items() for _ in docs]
         pd_ids = [d for docs in positives.values() for d in docs]
         pq = _lookup(q_dict, pa.chunked_array([pa.array(pq_ids, type=pa.string())]))
-        pq = np.where(pq >= 0, q_rank[np.maximum(pq, 0)], -1)
+        pq = np.where(pq >= 0, q_rank[np.maximum(pq, 0)], -1).astype(np.int64)
         pdoc = _lookup(d_vocab, pa.chunked_array([pa.array(pd_ids, type=pa.string())]))
         ok = (pq >= 0) & (pdoc >= 0)
         pos_keys = np.unique(pq[ok] * M + pdoc[ok])
-        is_pos = _member(pos_keys, q_pw * M + d_pw)
+        for lo in range(0, len(q_pw), KEY_CHUNK):  # (query, passage) keys in int64, a chunk of rows at a time
+            hi = min(len(q_pw), lo + KEY_CHUNK)
+            is_pos[lo:hi] = _member(pos_keys, q_pw[lo:hi].astype(np.int64) * M + d_pw[lo:hi])
         rows = np.flatnonzero(is_pos)
         labelled_q, first = np.unique(q_pw[rows], return_index=True)
         has_label[labelled_q] = True
@@ -374,17 +440,37 @@ def build_groups(pointwise, pairwise, positives: dict[str, set[str]], *,
 
     # pairs of the eligible queries, by query, in file order within one
     pq_all = _lookup(q_dict, _column(pairwise, "query_id"))
-    pq_all = np.where(pq_all >= 0, q_rank[np.maximum(pq_all, 0)], -1)
+    pq_all = np.where(pq_all >= 0, q_rank[np.maximum(pq_all, 0)], -1).astype(np.int32)
     keep = pq_all >= 0
     keep[keep] = eligible[pq_all[keep]]
     pair_rows = np.flatnonzero(keep)
     pair_rows = pair_rows[_order(pq_all[pair_rows])]
     pair_q = pq_all[pair_rows]
     del pq_all, keep
+    hinted = ranked and _has(pairwise, "rank_a") and _has(pairwise, "rank_b")
 
     def _docs(name):
-        codes = _lookup(d_vocab, _column(pairwise, name))[pair_rows] if len(pair_rows) else \
-            np.zeros(0, dtype=np.int64)
+        """The passage codes of one side of the pairs (nd: not a passage of any list). Where the
+        pair's rank names a row of its query's list that holds the same id (a string comparison,
+        no hashing), that row's code; the rest looked up by hashing their ids."""
+        ids = _flat(_strings(_column(pairwise, name)))
+        codes = np.full(len(pair_rows), -1, dtype=np.int32)
+        if hinted and len(pair_rows):
+            rank = _numbers(_column(pairwise, f"rank_{name[-1]}"))[pair_rows].astype(np.int64)
+            inside = (rank >= 1) & (rank <= lens[pair_q])
+            row = np.where(inside, starts[pair_q] + rank - 1, 0)
+            del rank
+            for lo in range(0, len(pair_rows), KEY_CHUNK):
+                hi = min(len(pair_rows), lo + KEY_CHUNK)
+                cand = d_pw[row[lo:hi]]
+                same = pc.equal(ids.take(pa.array(pair_rows[lo:hi])),
+                                d_vocab.take(pa.array(cand)).cast(ids.type)).to_numpy(zero_copy_only=False)
+                same &= inside[lo:hi]
+                codes[lo:hi][same] = cand[same]
+            del row, inside
+        rest = np.flatnonzero(codes < 0)
+        if len(rest):
+            codes[rest] = _lookup(d_vocab, ids.take(pa.array(pair_rows[rest])))
         codes[codes < 0] = nd
         return codes
 
@@ -395,7 +481,6 @@ def build_groups(pointwise, pairwise, positives: dict[str, set[str]], *,
 
     out_q, out_codes, out_scores, out_pos, out_counts, out_ij, out_prob = [], [], [], [], [], [], []
     skipped_short = 0
-    lens = np.diff(starts)
     q0 = 0
     while q0 < nq:
         q1 = min(nq, q0 + BLOCK_QUERIES)
