@@ -85,11 +85,13 @@ def reference_build_groups(pointwise, pairwise, positives, *, nway, use_labels, 
     return groups, stats
 
 
-def _case(seed: int, n_queries: int = 40, n_docs: int = 60, dtype=np.float32, grouped: bool = False):
+def _case(seed: int, n_queries: int = 40, n_docs: int = 60, dtype=np.float32, grouped: bool = False,
+          long_ids: bool = False):
     """Pointwise lists of 0..12 passages (some duplicated), pairs inside, outside and across lists,
-    one to three positives for most queries, some of them outside the list."""
+    one to three positives for most queries, some of them outside the list. ``long_ids``: some
+    passage ids longer than the 8 bytes a packed id holds (the ids are then hashed as strings)."""
     rng = np.random.default_rng(seed)
-    docs = [f"d{i}" for i in range(n_docs)]
+    docs = [f"d{i}" if not long_ids or i % 7 else f"passage-{i}" for i in range(n_docs)]
     point, pair, positives = [], [], {}
     qids = [f"q{i}" for i in rng.permutation(n_queries)]  # file order is not query order
     for q in qids:
@@ -132,7 +134,7 @@ def _as_tuples(groups):
 @pytest.mark.parametrize("use_labels,unlabelled", [(True, False), (True, True), (False, False), (False, True)])
 @pytest.mark.parametrize("nway", [1, 3, 5])
 def test_the_columnar_groups_are_the_loops_groups(seed, use_labels, unlabelled, nway):
-    pw, pr, positives = _case(seed, grouped=seed % 2 == 1)
+    pw, pr, positives = _case(seed, grouped=seed % 2 == 1, long_ids=seed % 4 == 2)
     want, want_stats = reference_build_groups(pw, pr, positives, nway=nway, use_labels=use_labels, seed=seed,
                                               unlabelled_queries=unlabelled)
     got, stats = build_groups(pw, pr, positives, nway=nway, use_labels=use_labels, seed=seed,
@@ -204,13 +206,15 @@ def _with_ranks(pw: pd.DataFrame, pr: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("source", ["frame", "parquet"])
-def test_pairs_found_by_their_ranks_give_the_same_groups(tmp_path, seed, source):
+@pytest.mark.parametrize("long_ids", [False, True])
+def test_pairs_found_by_their_ranks_give_the_same_groups(tmp_path, seed, source, long_ids):
     """rank_a/rank_b name the pair's rows of the list (no hashing of the ids where the row holds the
-    same id); wrong ranks fall back to the ids, so the groups are the loop's whatever the ranks say."""
+    same id); wrong ranks fall back to the ids, so the groups are the loop's whatever the ranks say;
+    with ids packed into numbers or (long ids) as strings."""
     from pairdistill import io
     from pairdistill.train.batches import ParquetColumns
 
-    pw, pr, positives = _case(seed, grouped=seed % 2 == 0)
+    pw, pr, positives = _case(seed, grouped=seed % 2 == 0, long_ids=long_ids)
     pr = _with_ranks(pw, pr, seed)
     want, want_stats = reference_build_groups(pw, pr, positives, nway=4, use_labels=True, seed=seed,
                                               unlabelled_queries=True)
@@ -237,3 +241,25 @@ def test_lists_not_ranked_1_to_n_ignore_the_ranks():
     want, _ = reference_build_groups(pw, pr, positives, nway=3, use_labels=False, seed=1)
     got, _ = build_groups(pw, pr, positives, nway=3, use_labels=False, seed=1)
     assert _as_tuples(got) == _as_tuples(want)
+
+
+def test_packed_ids_and_their_codes():
+    """Ids of up to 8 bytes as one number each (and back), None where one does not fit; the
+    partitioned factorization (past 2**20 keys) gives each distinct key one code."""
+    from pairdistill.train.batches import _factorize, _lookup_keys, _pack, _unpack
+
+    ids = ["", "a", "d12345", "12345678", "é", "日本", "x y\tz", "d12345"]
+    col = pa.chunked_array([pa.array(ids).slice(1), pa.array(ids[:3])])  # a sliced chunk, then another
+    keys = _pack(col)
+    assert _unpack(keys).to_pylist() == ids[1:] + ids[:3] and keys[1] == keys[6] and keys[0] != keys[4]
+    assert _pack(pa.array(["123456789"])) is None and _pack(pa.array(["a\0"])) is None
+    assert _pack(pa.array(["a", None])) is None
+    rng = np.random.default_rng(0)
+    many = rng.integers(0, 300_000, size=(1 << 20) + 5).astype(np.uint64) * np.uint64(1 << 40)
+    codes, uniques = _factorize(many)
+    assert codes.dtype == np.int32 and len(uniques) == len(np.unique(many)) == codes.max() + 1
+    assert np.array_equal(uniques[codes], many)
+    vocab = uniques[::3]
+    found = _lookup_keys(vocab, many)
+    assert np.array_equal(found >= 0, np.isin(many, vocab)) and np.array_equal(vocab[found[found >= 0]],
+                                                                               many[found >= 0])

@@ -12,7 +12,8 @@ a tiny random ColBERT: hidden 32, 2 layers, loaded in well under a second) until
 (32 queries x 64 passages) is tokenized, and stops it there, before the forward pass and the
 optimizer step (on a CPU the step is the model's cost, not the data's). ``seconds`` is that
 process's time from calling ``stages.train`` to the first batch; generating the files is not in
-it, nor are the imports (``import_s``). ``peak_rss_mb`` is the process's peak resident
+it, nor are the imports (``import_s``); ``cpu_s`` is its CPU time over the same span (user and
+system, all threads: the figure that other work on a shared machine does not inflate). ``peak_rss_mb`` is the process's peak resident
 set (``getrusage``). The last line printed is one JSON object.
 """
 
@@ -63,7 +64,7 @@ class FirstBatch(Exception):
 def stop(model, batch, *a, **k):
     raise FirstBatch(batch)
 loop.batch_gradients = stop  # the first batch is built: stop before its forward pass
-t1 = time.monotonic()
+t1, c1 = time.monotonic(), time.process_time()
 try:
     stages.train(args["checkpoint"], *[args[n] for n in ("corpus", "queries", "qrels", "pointwise", "pairwise")],
                  args["out"] + "/ckpt", args["out"] + "/loss.parquet", split="train", nway=64, use_labels=True,
@@ -73,8 +74,8 @@ try:
                  precision="fp32")
 except FirstBatch as e:
     batch = e.args[0]
-t2 = time.monotonic()
-print(json.dumps({"seconds": t2 - t1, "import_s": t1 - t0, "groups": built, "batch_passages": int(batch.d_ids.shape[0]),
+t2, c2 = time.monotonic(), time.process_time()
+print(json.dumps({"seconds": t2 - t1, "cpu_s": c2 - c1, "import_s": t1 - t0, "groups": built, "batch_passages": int(batch.d_ids.shape[0]),
                   "phases_s": {k: round(v, 2) for k, v in phases.items()},
                   "child_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         sizes = {p.stem: round(p.stat().st_size / 2**20) for p in data.glob("*.parquet")}
         print(json.dumps({"fraction": a.fraction, "seconds": round(child["seconds"], 1),
+                          "cpu_s": round(child["cpu_s"], 1),
                           "peak_rss_mb": round(peak), "queries": n_queries, "passages": n_docs,
                           "pointwise_rows": n_queries * MSMARCO["k"], "pairwise_rows": n_queries * MSMARCO["pairs"],
                           "groups": child["groups"]["groups"], "skipped": {k: v for k, v in child["groups"].items()
