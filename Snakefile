@@ -2,6 +2,7 @@
 #   snakemake --cores 2                       # the embedded default (config.yaml)
 #   snakemake --cores 2 --config iteration=3  # one more round; only its jobs run
 #   snakemake --cores 2 ablations             # the ablation variants and their table (not in `all`)
+#   snakemake --cores 2 --config seeds='[13,14,15]'  # two more seeds; results/seeds.tsv: mean ± sd
 #   snakemake --report results/report.html    # the HTML report (after a run; `ablations --report` adds them)
 import os
 
@@ -24,11 +25,13 @@ include: "rules/distill.smk"
 include: "rules/evaluate.smk"
 include: "rules/zeroshot.smk"
 include: "rules/ablations.smk"
+include: "rules/seeds.smk"
 include: "rules/export.smk"
 include: "rules/report.smk"
 
 
 rule all:
+    default_target: True  # seed and ablation modules define rules before this one
     input:
         final_outputs(),
 

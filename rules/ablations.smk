@@ -122,10 +122,17 @@ def ablation_ckpt(variant, it):
 
 
 def ablation_runs():
-    """(variant, iteration, split, run file) of every requested variant, the full method first."""
-    return [(v, n, split, f"results/iter-{n}/eval/{split}/run.parquet" if v == "full"
-             else f"{ablation_dir(v, n)}/eval/{split}/run.parquet")
-            for v in ["full", *ABLATIONS] for n in range(1, ITERATION + 1) for split in EVAL_SPLITS]
+    """(seed, variant, iteration, split, run file) of every requested variant under every seed, the
+    full method first. A variant upstream of training runs under the primary seed only (its module
+    would hold a module per seed); a train-only one under every seed, in that seed's directory."""
+    out = []
+    for seed in SEEDS:
+        root = seed_dir(seed)
+        names = ["full", *(v for v in ABLATIONS if seed == SEEDS[0] or v in TRAIN_ONLY)]
+        out += [(seed, v, n, split, f"{root}/iter-{n}/eval/{split}/run.parquet" if v == "full"
+                 else f"{root}/ablations/{v}/iter-{n}/eval/{split}/run.parquet")
+                for v in names for n in range(1, ITERATION + 1) for split in EVAL_SPLITS]
+    return out
 
 
 rule ablation_train:
@@ -212,31 +219,37 @@ rule ablation_evaluate:
 
 
 def ablation_references():
-    """(name, split, run file) of the systems the full method's last iteration is also tested
-    against: the starting retriever and, with fusion teachers, BM25 and the teacher reranking."""
-    refs = [("iteration 0", split, f"results/iter-0/eval/{split}/run.parquet") for split in EVAL_SPLITS]
-    if fusion_fitted():
-        split = EVAL_SPLITS[0]
-        refs += [("BM25", split, "results/baselines/bm25/run.parquet"),
-                 ("bi-encoder", split, "results/baselines/biencoder/run.parquet")]
-        if teacher_rerank_enabled():
-            refs += [("pointwise teacher", split, "results/teachers/pointwise/rerank/run.parquet")]
+    """(seed, name, split, run file) of the systems the full method's last iteration is also tested
+    against under each seed: the starting retriever and, with fusion teachers, BM25 and the teacher
+    reranking (BM25 and the bi-encoder are the same files for every seed)."""
+    refs = []
+    for seed in SEEDS:
+        root = seed_dir(seed)
+        refs += [(seed, "iteration 0", split, f"{root}/iter-0/eval/{split}/run.parquet") for split in EVAL_SPLITS]
+        if fusion_fitted():
+            split = EVAL_SPLITS[0]
+            refs += [(seed, "BM25", split, "results/baselines/bm25/run.parquet"),
+                     (seed, "bi-encoder", split, "results/baselines/biencoder/run.parquet")]
+            if teacher_rerank_enabled():
+                refs += [(seed, "pointwise teacher", split, f"{root}/teachers/pointwise/rerank/run.parquet")]
     return refs
 
 
 rule ablation_table:
-    """Every requested variant against the full method, per iteration, split and measure: the
-    difference of the means and a paired t-test over the queries."""
+    """Every requested variant against the full method, per iteration, split and measure, over the
+    seeds: the mean difference, its sd over seeds, a paired t-test over the queries of the
+    seed-averaged scores and a t-test over the seeds (pairdistill.ablations.TEST)."""
     input:
         runs=[run for *_, run in ablation_runs()],
-        references=[run for *_, run in ablation_references()],
+        references=list(dict.fromkeys(run for *_, run in ablation_references())),
         qrels=QRELS,
     output:
         parquet="results/ablations.parquet",
         tsv=report("results/ablations.tsv", caption="../report/ablations.rst", category="5. Ablations"),
     params:
-        runs=" ".join(shlex.join(["--run", v, str(n), split, run]) for v, n, split, run in ablation_runs()),
-        references=" ".join(shlex.join(["--reference", name, split, run]) for name, split, run in ablation_references()),
+        runs=" ".join(shlex.join(["--run", str(seed), v, str(n), split, run]) for seed, v, n, split, run in ablation_runs()),
+        references=" ".join(shlex.join(["--reference", str(seed), name, split, run])
+                            for seed, name, split, run in ablation_references()),
         measures=" ".join(shlex.join(["--measures", split, *measures(split)]) for split in EVAL_SPLITS),
         dataset=config["dataset"],
     log:

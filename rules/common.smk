@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.io import is_flagged, local
 from snakemake.utils import validate
 
 
@@ -28,6 +29,20 @@ from pairdistill import students  # noqa: E402
 from pairdistill.errors import SettingError  # noqa: E402
 from pairdistill.loaders import lotte as lotte_loader  # noqa: E402
 from pairdistill.shards import shard_names  # noqa: E402
+from pairdistill import seeds as seed_settings  # noqa: E402
+
+try:  # empty, a duplicate, not an integer, not starting with `seed`: one line naming seeds
+    SEEDS = seed_settings.check(config)
+except ValueError as exc:
+    raise WorkflowError(str(exc)) from None
+# a non-primary seed's module (rules/seeds.smk): the primary's results prefix, whose teacher
+# scores its scoring jobs reuse; None in the run itself
+SEED_MODULE = config.get(seed_settings.MODULE_KEY)
+
+
+def seed_dir(seed):
+    """A seed's results directory: results for the primary, results/seeds/<s> for the others."""
+    return seed_settings.prefix(int(seed), SEEDS[0]).rstrip("/")
 
 def resolve_source_run():
     """`{source_run}` in student.init and teachers.<kind>.model stands for config `source_run`, a
@@ -496,8 +511,15 @@ def shard_files(it, stage):
 
 
 def score_cache(stage):
-    """An earlier iteration's scores of the same shard: what the same teacher scored is reused."""
-    return lambda w: [f"results/iter-{n}/{stage}/shard-{w.shard}.parquet" for n in range(1, int(w.it))]
+    """An earlier iteration's scores of the same shard: what the same teacher scored is reused. In
+    a seed's module also the primary seed's files of the same shard up to this iteration (their
+    paths are the run's own, flagged local so the module's prefix leaves them as they are)."""
+    def files(w):
+        own = [f"results/iter-{n}/{stage}/shard-{w.shard}.parquet" for n in range(1, int(w.it))]
+        earlier = [local(f"{p}iter-{n}/{stage}/shard-{w.shard}.parquet")
+                   for p in (SEED_MODULE or {}).get("cache", []) for n in range(1, int(w.it) + 1)]
+        return own + earlier
+    return files
 
 
 def metric_files():
@@ -530,11 +552,28 @@ def gathered_files():
 def final_outputs():
     # the report's figures (rules/report.smk; a few seconds) once a round has trained
     figures = ["results/figures/metrics.png"] if ITERATION >= 1 else []
-    return [*metric_files(), *gathered_files(), "results/summary.parquet", "results/teacher_cache.tsv", *figures]
+    # several seeds: every seed's numbers as mean ± sd (rules/seeds.smk), and their figure
+    seeds = ["results/seeds.parquet", "results/seeds.tsv", "results/figures/seeds.png"] if len(SEEDS) > 1 else []
+    return [*metric_files(), *gathered_files(), "results/summary.parquet", "results/teacher_cache.tsv", *figures,
+            *seeds]
 
 
 def print_summary():
-    path = Path("results/summary.tsv")
+    path, seeds = Path("results/summary.tsv"), Path("results/seeds.parquet")
+    if len(SEEDS) > 1 and seeds.exists():
+        import pandas as pd
+
+        try:
+            table = seed_settings.wide(pd.read_parquet(seeds)).to_string(index=False)
+        except Exception as exc:  # e.g. --touch over stand-ins: the run itself is fine
+            print(f"(results/seeds.parquet not readable: {exc})")
+            return
+        print(f"\nPairDistill over seeds {', '.join(map(str, SEEDS))}: mean ± sd (results/seeds.tsv):\n" + table)
+        cache = Path("results/seeds_teacher_cache.tsv")
+        if cache.exists():
+            print("Teacher scores reused, per seed (earlier rounds and the primary seed; results/seeds_teacher_cache.tsv):\n"
+                  + cache.read_text())
+        return
     if path.exists():
         print("\nPairDistill summary (results/summary.parquet):\n" + path.read_text())
     cache = Path("results/teacher_cache.tsv")

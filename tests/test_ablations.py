@@ -44,7 +44,8 @@ def test_table_by_hand():
             ("no-pair", 1, "test", NO_PAIR_1), ("no-pair", 2, "test", FULL_2)]
     t = _table(runs)
     assert list(t.columns) == ["variant", "iteration", "eval_set", "measure", "value", "delta", "p_value",
-                               "n_queries"]
+                               "n_queries", "n_seeds", "delta_sd", "p_seeds", "spread"]
+    assert (t["n_seeds"] == 1).all() and (t["spread"] == "not estimated (1 seed < 3)").all()
     assert list(zip(t["variant"], t["iteration"], t["measure"])) == [
         ("full", 1, "RR@10"), ("full", 1, "R@1"), ("full", 2, "RR@10"), ("full", 2, "R@1"),
         ("no-pair", 1, "RR@10"), ("no-pair", 1, "R@1"), ("no-pair", 2, "RR@10"), ("no-pair", 2, "R@1")]
@@ -106,15 +107,16 @@ def test_stage_writes_parquet_and_tsv(tmp_path):
         io.write_table(run, "run", paths[name])
     io.write_table(QRELS, "qrels", tmp_path / "qrels.parquet")
     out = tmp_path / "ablations.parquet"
-    assert main(["ablation-table", "--run", "full", "1", "test", str(paths["full"]),
-                 "--run", "no-kd", "1", "test", str(paths["no-kd"]), "--measures", "test", "RR@10", "R@1",
+    assert main(["ablation-table", "--run", "13", "full", "1", "test", str(paths["full"]),
+                 "--run", "13", "no-kd", "1", "test", str(paths["no-kd"]), "--measures", "test", "RR@10", "R@1",
                  "--qrels", str(tmp_path / "qrels.parquet"), "--dataset", "toy", "--out", str(out),
                  "--out-tsv", str(tmp_path / "ablations.tsv")]) == 0
     table = io.read_table(out, "ablations")
     assert table["variant"].tolist() == ["full", "full", "no-kd", "no-kd"]
     assert (table["eval_set"] == "toy/test").all()
     tsv = pd.read_csv(tmp_path / "ablations.tsv", sep="\t")
-    assert list(tsv.columns) == list(table.columns) and len(tsv) == 4
+    assert list(tsv.columns) == [*table.columns, "test"] and len(tsv) == 4
+    assert tsv["test"].iloc[0] == ablations.TEST  # the tests named in the table
     assert tsv["p_value"].isna().sum() == 2  # the full method's rows: empty
 
 
@@ -175,8 +177,9 @@ def test_upstream_variants_get_a_complete_config_of_their_own():
     b = upstream["b"]
     assert b["pairs"] == {**config["pairs"], "delta": 5} and b["train"]["lambda_kd"] == 0.5
     assert b["ablations"]["variants"] == {} and b["ablations"]["run"] is None  # no ablations of its own
-    assert {k: v for k, v in b.items() if k not in ("pairs", "train", "ablations")} == {
-        k: v for k, v in config.items() if k not in ("pairs", "train", "ablations")}
+    assert b["seeds"] == [b["seed"]]  # one seed: a variant's module runs no seeds of its own
+    assert {k: v for k, v in b.items() if k not in ("pairs", "train", "ablations", "seeds")} == {
+        k: v for k, v in config.items() if k not in ("pairs", "train", "ablations", "seeds")}
     assert config["pairs"]["delta"] == CONFIG["pairs"]["delta"]  # the full method's config is untouched
     # a text setting stays text (not parsed as YAML); the variant's train settings include its changes
     assert upstream["c"]["teachers"]["pairwise"]["model"] == "castorini/duot5-base-msmarco"

@@ -176,6 +176,8 @@ def upstream_configs(config: dict) -> dict[str, dict]:
             parent, _, last = key.rpartition(".")
             (_lookup(merged, parent) if parent else merged)[last] = value
         merged["ablations"] = {**merged.get("ablations", {}), "variants": {}, "run": None}
+        merged["seeds"] = [merged["seed"]]  # one seed: the primary's (or the variant's own seed)
+        merged.pop("seed_module", None)
         try:
             jsonschema.validate(merged, _schema())
         except jsonschema.ValidationError as exc:
@@ -257,85 +259,134 @@ def paired_p_value(values: np.ndarray, full: np.ndarray) -> float:
     return float(stats.ttest_rel(values, full).pvalue)
 
 
-def _row(variant: str, iteration: int, eval_set: str, measure: str, values, full) -> dict:
-    """One table row: a system's per-query values against the full method's on the same queries."""
+# With fewer seeds than this, the across-seed sd of a difference (and its test) is not estimated.
+MIN_SEEDS = 3
+TEST = ("p_value: paired t-test over queries of the seed-averaged per-query scores; "
+        "p_seeds: one-sample t-test over seeds of the per-seed differences (3 seeds or more)")
+
+
+def _row(variant: str, iteration: int, eval_set: str, measure: str, values: dict, full: dict) -> dict:
+    """One table row: a system's per-query values under each seed against the full method's on the
+    same queries and seeds. ``value`` and ``delta`` are means over the seeds both have; ``delta_sd``
+    the sd over seeds of the per-seed differences of means (from 3 seeds); ``p_value`` the paired
+    t-test over queries of the seed-averaged per-query scores; ``p_seeds`` the one-sample t-test of
+    the per-seed differences (from 3 seeds), the test that accounts for training variance."""
+    from scipy import stats
+
+    seeds = sorted(s for s in values if s in full)
+    n = len(values[seeds[0]]) if seeds else 0
+    if not seeds or n == 0:
+        return {"variant": variant, "iteration": iteration, "eval_set": eval_set, "measure": measure,
+                "value": float("nan"), "delta": float("nan"), "p_value": float("nan"), "n_queries": n,
+                "n_seeds": len(seeds), "delta_sd": float("nan"), "p_seeds": float("nan"), "spread": "no seeds"}
+    mine = np.mean([values[s] for s in seeds], axis=0)
+    theirs = np.mean([full[s] for s in seeds], axis=0)
+    diffs = np.array([np.mean(values[s]) - np.mean(full[s]) for s in seeds])
+    estimated = len(seeds) >= MIN_SEEDS
+    same = variant == FULL
+    p_seeds = float("nan")
+    if estimated and not same and np.ptp(diffs) > 0:
+        p_seeds = float(stats.ttest_1samp(diffs, 0.0).pvalue)
     return {"variant": variant, "iteration": iteration, "eval_set": eval_set, "measure": measure,
-            "value": float(np.mean(values)) if len(values) else float("nan"),
-            "delta": float(np.mean(values) - np.mean(full)) if len(values) else float("nan"),
-            "p_value": float("nan") if variant == FULL else paired_p_value(values, full),
-            "n_queries": len(values)}
+            "value": float(np.mean(mine)), "delta": float(np.mean(diffs)),
+            "p_value": float("nan") if same else paired_p_value(mine, theirs), "n_queries": n,
+            "n_seeds": len(seeds), "delta_sd": float(np.std(diffs, ddof=1)) if estimated else float("nan"),
+            "p_seeds": p_seeds,
+            "spread": "" if estimated else f"not estimated ({len(seeds)} seed{'s' if len(seeds) != 1 else ''} < {MIN_SEEDS})"}
 
 
-def table(runs: Sequence[tuple[str, int, str, pd.DataFrame]], qrels: pd.DataFrame,
-          measures: dict[str, Sequence[str]], eval_sets: dict[str, str],
-          references: Sequence[tuple[str, str, pd.DataFrame]] = ()) -> pd.DataFrame:
-    """One row per (variant, iteration, evaluation split, measure).
+def table(runs: Sequence[tuple], qrels: pd.DataFrame, measures: dict[str, Sequence[str]], eval_sets: dict[str, str],
+          references: Sequence[tuple] = ()) -> pd.DataFrame:
+    """One row per (variant, iteration, evaluation split, measure), over the seeds.
 
-    ``runs`` holds (variant, iteration, split, run) with ``variant`` ``full`` for the full method,
-    which every other variant is compared with at the same iteration and split: ``delta`` is the
-    difference of the means, ``p_value`` the paired t-test over the split's judged queries (a
-    query missing from a run counts as 0, as in the metrics). ``qrels`` carries a ``split`` column;
-    ``measures`` and ``eval_sets`` are per split. ``references`` (name, split, run) are other systems
-    (iteration 0, BM25, a teacher) compared the same way with the full method's last iteration,
-    whose number their rows carry."""
-    per_query = {}
-    for variant, iteration, split, run in runs:
+    ``runs`` holds (seed, variant, iteration, split, run) with ``variant`` ``full`` for the full
+    method, which every other variant is compared with at the same seed, iteration and split (a
+    4-tuple without the seed is one seed, 0): ``delta`` is the mean over seeds of the difference of
+    the means, ``p_value`` the paired t-test over the split's judged queries of the seed-averaged
+    per-query scores (a query missing from a run counts as 0, as in the metrics), ``delta_sd`` and
+    ``p_seeds`` the across-seed sd of the difference and its t-test (see :func:`_row`). ``qrels``
+    carries a ``split`` column; ``measures`` and ``eval_sets`` are per split. ``references``
+    (seed, name, split, run) are other systems (iteration 0, BM25, a teacher) compared the same way
+    with the full method's last iteration under the same seed, whose number their rows carry."""
+    runs = [r if len(r) == 5 else (0, *r) for r in runs]
+    references = [r if len(r) == 4 else (0, *r) for r in references]
+    per_query = {}  # (variant, iteration, split) -> seed -> [values per measure]
+    for seed, variant, iteration, split, run in runs:
         judged = qrels[qrels["split"] == split]
-        per_query[variant, iteration, split] = evaluate.per_query(run, judged, measures[split])[1]
+        per_query.setdefault((variant, iteration, split), {})[seed] = evaluate.per_query(run, judged, measures[split])[1]
     rows = []
-    for variant, iteration, split, _ in runs:
+
+    def by_measure(got: dict, i: int) -> dict:
+        return {s: v[i] for s, v in got.items()}
+
+    for variant, iteration, split in dict.fromkeys((v, n, sp) for _, v, n, sp, _ in runs):
         key = (FULL, iteration, split)
         if key not in per_query:
             raise ValueError(f"no run of the full method at iteration {iteration} on split {split!r}")
-        for measure, values, full in zip(measures[split], per_query[variant, iteration, split], per_query[key]):
-            rows.append(_row(variant, iteration, eval_sets[split], measure, values, full))
-    last = max((n for v, n, _, _ in runs if v == FULL), default=None)
-    for name, split, run in references:
+        missing = sorted(set(per_query[variant, iteration, split]) - set(per_query[key]))
+        if missing:
+            raise ValueError(f"no run of the full method at iteration {iteration} on split {split!r} "
+                             f"under seed {missing[0]}")
+        for i, measure in enumerate(measures[split]):
+            rows.append(_row(variant, iteration, eval_sets[split], measure,
+                             by_measure(per_query[variant, iteration, split], i), by_measure(per_query[key], i)))
+    last = max((n for _, v, n, _, _ in runs if v == FULL), default=None)
+    refs = {}
+    for seed, name, split, run in references:
         if (FULL, last, split) not in per_query:
             raise ValueError(f"no run of the full method on split {split!r} to compare {name!r} with")
         judged = qrels[qrels["split"] == split]
-        values_by_measure = evaluate.per_query(run, judged, measures[split])[1]
-        for measure, values, full in zip(measures[split], values_by_measure, per_query[FULL, last, split]):
-            rows.append(_row(name, last, eval_sets[split], measure, values, full))
+        refs.setdefault((name, split), {})[seed] = evaluate.per_query(run, judged, measures[split])[1]
+    for (name, split), got in refs.items():
+        for i, measure in enumerate(measures[split]):
+            rows.append(_row(name, last, eval_sets[split], measure, by_measure(got, i),
+                             by_measure(per_query[FULL, last, split], i)))
     frame = pd.DataFrame(rows, columns=io.SCHEMAS["ablations"].names)
-    order = {v: i for i, v in enumerate(dict.fromkeys([FULL, *(r[0] for r in runs), *(r[0] for r in references)]))}
+    order = {v: i for i, v in enumerate(dict.fromkeys([FULL, *(r[1] for r in runs), *(r[1] for r in references)]))}
     frame = frame.sort_values(["iteration", "eval_set"], kind="stable")
     frame = frame.sort_values("variant", key=lambda s: s.map(order), kind="stable")
-    return io.to_table(frame.astype({"iteration": "int32", "n_queries": "int32"}), "ablations").to_pandas()
+    return io.to_table(frame.astype({"iteration": "int32", "n_queries": "int32", "n_seeds": "int32"}),
+                       "ablations").to_pandas()
 
 
-def ablation_table(run: list[tuple[str, str, str, str]] = (), *, qrels_path: str, measures: list[Sequence[str]],
+def ablation_table(run: list[tuple[str, str, str, str, str]] = (), *, qrels_path: str, measures: list[Sequence[str]],
                    dataset: str, out: str, out_tsv: str | None = None,
-                   reference: list[tuple[str, str, str]] = ()) -> pd.DataFrame:
-    """Each ablation variant against the full method: delta, paired t-test.
+                   reference: list[tuple[str, str, str, str]] = ()) -> pd.DataFrame:
+    """Each ablation variant against the full method over the seeds: delta, its sd, two tests.
 
     Args:
-        run: an evaluation run (run.parquet) of a variant ('full': the full method), as VARIANT
-            ITERATION SPLIT RUN; repeated
+        run: an evaluation run (run.parquet) of a variant ('full': the full method) under a seed, as
+            SEED VARIANT ITERATION SPLIT RUN; repeated
         measures: a split and its measures (SPLIT MEASURE...); repeated for each split
-        reference: another system's run compared with the full method's last iteration, as NAME
-            SPLIT RUN; repeated
+        reference: another system's run under a seed, compared with the full method's last iteration
+            under that seed, as SEED NAME SPLIT RUN; repeated
         dataset: names the evaluation sets: <dataset>/<split>
     """
     return write(run, qrels_path, {m[0]: m[1:] for m in measures}, dataset, out, out_tsv, references=reference)
 
 
-def write(runs: Sequence[tuple[str, int, str, str]], qrels_path: str, measures: dict[str, Sequence[str]],
+def write(runs: Sequence[tuple[str, str, str, str, str]], qrels_path: str, measures: dict[str, Sequence[str]],
           dataset: str, out: str, out_tsv: str | None = None,
-          references: Sequence[tuple[str, str, str]] = ()) -> pd.DataFrame:
-    """The ``ablation-table`` stage: read each (variant, iteration, split, run file) and each
-    reference (name, split, run file), write the table as Parquet (and TSV), and print it."""
-    loaded = [(v, int(n), s, io.read_table(p, "run")) for v, n, s, p in runs]
-    refs = [(name, s, io.read_table(p, "run")) for name, s, p in references]
-    splits = sorted({s for _, _, s, _ in runs})
+          references: Sequence[tuple[str, str, str, str]] = ()) -> pd.DataFrame:
+    """The ``ablation-table`` stage: read each (seed, variant, iteration, split, run file) and each
+    reference (seed, name, split, run file), write the table as Parquet (and TSV), and print it."""
+    loaded = [(int(seed), v, int(n), s, io.read_table(p, "run")) for seed, v, n, s, p in runs]
+    refs = [(int(seed), name, s, io.read_table(p, "run")) for seed, name, s, p in references]
+    splits = sorted({r[3] for r in loaded})
     result = table(loaded, io.read_table(qrels_path, "qrels"), measures, {s: f"{dataset}/{s}" for s in splits},
                    refs)
     io.write_table(result, "ablations", out)
     if out_tsv:
+        def p(v):
+            return "" if np.isnan(v) else f"{v:.3g}"
+
         text = result.assign(value=result["value"].map("{:.4f}".format),
                              delta=result["delta"].map("{:+.4f}".format),
-                             p_value=result["p_value"].map(lambda p: "" if np.isnan(p) else f"{p:.3g}"))
+                             delta_sd=result["delta_sd"].map(lambda v: "" if np.isnan(v) else f"{v:.4f}"),
+                             p_value=result["p_value"].map(p), p_seeds=result["p_seeds"].map(p),
+                             test=TEST)
         with io.atomic_path(out_tsv) as tmp:
             text.to_csv(tmp, sep="\t", index=False)
     print(result.to_string(index=False, float_format=lambda v: f"{v:.4f}"), flush=True)
+    print(TEST, flush=True)
     return result

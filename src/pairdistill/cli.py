@@ -102,6 +102,8 @@ STAGES = [
     stage("figures:metrics", "ablation-figure"),
     stage("stages:summary"),
     stage("ablations:ablation_table"),
+    stage("seeds:seed_table"),
+    stage("figures:seeds", "seed-figure"),
 ]
 
 # ---------------------------------------------------------------------------------------------

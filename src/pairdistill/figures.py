@@ -153,6 +153,60 @@ def metrics(summary: str | Path, out: str | Path, ablations: str | Path | None =
     _save(fig, out)
 
 
+def seeds(seeds: str | Path, out: str | Path) -> None:
+    """Each measure per round over the seeds: mean and sd, and every seed's value.
+
+    One panel per measure of the rounds: per evaluation set the mean over seeds per iteration with
+    an error bar of one sd and each seed's value as a dot; the systems that are not rounds as a
+    dotted line at their mean and a band of one sd (none for a system no seed changes: sd 0).
+
+    Args:
+        seeds: results/seeds.parquet (pairdistill.seeds.seed_table)
+    """
+    plt = _plt()
+    import numpy as np
+
+    t = pd.read_parquet(seeds)
+    its = t[t["iteration"].notna()]
+    refs = t[t["iteration"].isna()]
+    measures = list(dict.fromkeys(its["measure"]))
+    cols = min(3, max(1, len(measures)))
+    rows = -(-max(1, len(measures)) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.6 * rows + 0.8), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[len(measures):]:
+        ax.set_axis_off()
+    n_seeds = int(t["n_seeds"].max()) if len(t) else 0
+    legend = {}
+    for ax, m in zip(axes.flat, measures):
+        ax.set_title(f"{m} over {n_seeds} seeds (mean ± sd)")
+        for i, (eval_set, g) in enumerate(its[its["measure"] == m].groupby("eval_set")):
+            g = g.sort_values("iteration")
+            x = g["iteration"].astype(int).to_numpy()
+            legend[f"PairDistill {eval_set}"] = ax.errorbar(x, g["mean"], yerr=g["sd"].fillna(0), marker="o",
+                                                            capsize=4, color=f"C{i}")
+            for xi, values in zip(x, g["values"]):
+                ax.scatter(np.full(len(values), xi) + np.linspace(-0.08, 0.08, len(values)), values, s=10,
+                           color=f"C{i}", alpha=0.6, zorder=3)
+        for j, (_, r) in enumerate(refs[refs["measure"] == m].iterrows()):
+            if repeats_first_stage(r["system"], m):
+                continue
+            c = _REF_COLOURS[j % len(_REF_COLOURS)]
+            ax.axhline(r["mean"], linestyle=(0, (1.5, 1.5)), linewidth=1.6, color=c)
+            if r["depends_on_seed"] and not np.isnan(r["sd"]):
+                ax.axhspan(r["mean"] - r["sd"], r["mean"] + r["sd"], color=c, alpha=0.12)
+            legend[str(r["system"]) + ("" if r["depends_on_seed"] else " (no seed changes it)")] = \
+                ax.plot([], [], linestyle=(0, (1.5, 1.5)), color=c)[0]
+        ax.set_xlabel("iteration")
+        ax.set_xticks(sorted(its["iteration"].astype(int).unique()))
+    if not measures:
+        _empty(axes.flat[0], "rounds")
+    if legend:
+        fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncol=min(3, len(legend)),
+                   fontsize=8, frameon=False)
+    _save(fig, out)
+
+
 def loss_curves(paths: list[str | Path], out: str | Path) -> None:
     """Total, contrastive, KD and pairwise loss per step, a panel per term, a line per round."""
     plt = _plt()

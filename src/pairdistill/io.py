@@ -81,7 +81,13 @@ SCHEMAS: dict[str, pa.Schema] = {
     # ablation-table: each variant against the full method at the same iteration; p_value is null
     # for the full method itself and where a variant agrees with it on every query
     "ablations": _schema(("variant", S), ("iteration", I32), ("eval_set", S), ("measure", S), ("value", F64),
-                         ("delta", F64), ("p_value", F64), ("n_queries", I32), nullable=("p_value",)),
+                         ("delta", F64), ("p_value", F64), ("n_queries", I32), ("n_seeds", I32), ("delta_sd", F64),
+                         ("p_seeds", F64), ("spread", S), nullable=("p_value", "delta_sd", "p_seeds")),
+    # seed-table: each number of the summary over the seeds (pairdistill.seeds); sd is null with
+    # one seed, 0 for a system no seed changes (depends_on_seed false: BM25, the bi-encoder)
+    "seeds": _schema(("system", S), ("iteration", I32), ("eval_set", S), ("measure", S), ("mean", F64),
+                     ("sd", F64), ("n_seeds", I32), ("seeds", pa.list_(I32)), ("values", pa.list_(F64)),
+                     ("depends_on_seed", B), nullable=("iteration", "sd")),
 }
 
 
