@@ -275,7 +275,8 @@ def _pack(col) -> np.ndarray | None:
 
 def _unpack(keys: np.ndarray) -> pa.Array:
     """The ids that :func:`_pack` made ``keys`` of."""
-    return pa.array(keys.astype("<u8").view("S8"), type=pa.binary()).cast(pa.string())
+    ids = pa.array(keys.astype("<u8").view("S8"), type=pa.binary()).cast(pa.string())
+    return ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids  # NumPy's bytes come in chunks
 
 
 FACTORIZE_BUCKETS = 64  # hash partitions: each one's table fits a CPU cache, where one of 8.8M ids does not
