@@ -314,3 +314,39 @@ def test_upstream_ablation_variant_runs_the_method_again_in_its_own_directory(ru
     assert {p: (workdir / p).stat().st_mtime_ns for p in before} == before
     assert dry_run(workdir, configfiles=(config,)) == []
     assert dry_run(workdir, "ablations", "--config", variant, configfiles=(config,)) == []
+
+
+def test_a_second_seed_reruns_the_student_side_on_the_shared_teachers(run):
+    """seeds [13, 14] after the finished one-seed run, for real: seed 14 trains its own rounds under
+    results/seeds/14/ on the primary's teachers (hard links: the same files, nothing refitted), its
+    scoring reuses the primary's teacher scores, and results/seeds.parquet holds both seeds. The
+    primary's run is left as it was. Runs last in this module, in the reference run's directory."""
+    workdir, config = run["reference"], run["config"]
+    before = {p: (workdir / p).stat().st_mtime_ns for p in ("results/iter-2/checkpoint", "results/summary.parquet",
+                                                             "results/teachers/pointwise/model")}
+    snakemake(workdir, "-p", "--config", "seeds=[13,14]", configfiles=(config,))  # -p ends --configfile's list
+    seed = workdir / "results/seeds/14"
+    for kind in ("pointwise", "pairwise"):
+        mine, primary = seed / f"teachers/{kind}/model", workdir / f"results/teachers/{kind}/model"
+        for f in primary.rglob("*"):
+            if f.is_file():
+                assert (mine / f.relative_to(primary)).stat().st_ino == f.stat().st_ino  # linked, not fitted
+    assert not (workdir / "logs/seeds/14/fit_teacher").exists()
+    # its own student side: another initial checkpoint (seeded PCA sample) and other rounds
+    for n in (0, 1, 2):
+        a = load_file(seed / f"iter-{n}/checkpoint/model.safetensors")
+        b = load_file(workdir / f"results/iter-{n}/checkpoint/model.safetensors")
+        assert not all(torch.equal(a[k], b[k]) for k in a), n
+    cache = pd.read_csv(seed / "teacher_cache.tsv", sep="\t")
+    first = cache[cache["iteration"] == 1]
+    assert len(first) == 2 and (first["reused"] > 0).all()  # round 1 reuses the primary's scores
+    pointwise = io.read_table(seed / "iter-1/pointwise.parquet", "pointwise")
+    primary = io.read_table(workdir / "results/iter-1/pointwise.parquet", "pointwise")
+    both = pointwise[pointwise["cached"]].merge(primary, on=["query_id", "doc_id"], suffixes=("", "_13"))
+    assert len(both) and (both["teacher_score"] == both["teacher_score_13"]).all()
+    table = io.read_table(workdir / "results/seeds.parquet", "seeds")
+    rounds = table[table["iteration"].notna()]
+    assert (rounds["n_seeds"] == 2).all() and np.isfinite(rounds["sd"]).all()
+    assert (workdir / "results/figures/seeds.png").stat().st_size > 0
+    assert {p: (workdir / p).stat().st_mtime_ns for p in before} == before
+    assert dry_run(workdir, "--config", "seeds=[13,14]", configfiles=(config,)) == []
