@@ -20,4 +20,5 @@ BENCHMARKS = {
     "inference": "inference",
     "teacher-throughput": "teacher_throughput",
     "export": "export",
+    "backend-effect": "backend_effect",
 }
