@@ -51,8 +51,10 @@ def test_ablations_and_benchmarks_are_drawn_when_present(run_dir, tmp_path):
     (run_dir / "ablations" / "no-pair").mkdir(parents=True)
     write_table(pd.DataFrame({"variant": ["full", "no-pair", "BM25"], "iteration": [1, 1, 1],
                               "eval_set": "toy/test", "measure": "nDCG@10", "value": [0.6, 0.58, 0.55],
-                              "delta": [0.0, -0.02, -0.05], "p_value": [None, 0.3, 0.1], "n_queries": 2})
-                .astype({"iteration": "int32", "n_queries": "int32"}), "ablations", run_dir / "ablations.parquet")
+                              "delta": [0.0, -0.02, -0.05], "p_value": [None, 0.3, 0.1], "n_queries": 2,
+                              "n_seeds": 1, "delta_sd": None, "p_seeds": None, "spread": "not estimated (1 seed < 3)"})
+                .astype({"iteration": "int32", "n_queries": "int32", "n_seeds": "int32", "delta_sd": "float64",
+                         "p_seeds": "float64"}), "ablations", run_dir / "ablations.parquet")
     bench = tmp_path / "benchmarks" / "train"
     bench.mkdir(parents=True)
     (bench / "iter-1.tsv").write_text("s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
