@@ -14,7 +14,7 @@ LEAVES = [f"stages.{n}" for n in (
     "pairwise", "gather", "teacher_cache_report", "train", "evaluate_retriever", "evaluate_qa", "rerank_pointwise",
     "rerank_pairwise", "summarize", "pair_accuracy", "corpus_baselines")] + [
     "ablations.write", "selfcheck.run", "figures.draw_all", "figures.metrics", "io.link_artifact",
-    "bench.benchmark_files.report", "seeds.seed_table", "figures.seeds"]
+    "bench.benchmark_files.report", "seeds.seed_table", "figures.seeds", "export.export"]
 
 
 def _plain(v):

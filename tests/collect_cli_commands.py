@@ -35,6 +35,7 @@ def _plans(root: Path):
     (root / "dpr" / "squad.qa.csv").write_text(QUESTIONS)
     data = {"data_dir": str(DATA_DIR)}
     yield "default", (), data, ()
+    yield "export", (), data, ("export",)  # the default's round as a dataset (not in `all`)
     yield "classic-teachers", (), {**data, "teachers": {"pointwise": {"fit": {"method": "cross-encoder"}},
                                                         "pairwise": {"fit": {"method": "bert-pairwise"}}}}, ()
     yield "dpr", (REPO / "configs" / "dpr-scifact.yaml",), data, ()
