@@ -539,6 +539,14 @@ def metric_files():
     return files
 
 
+def seed_metric_args():
+    """(seed, metrics file) of every seed's own numbers, and the metrics files no seed changes."""
+    shared = [f for f in metric_files() if f.startswith("results/baselines/")]
+    own = [f for f in metric_files() if f not in shared]
+    pairs = [(s, f if s == SEEDS[0] else f"{seed_dir(s)}/{f[len('results/'):]}") for s in SEEDS for f in own]
+    return pairs, shared
+
+
 def teacher_score_files():
     return [f"results/iter-{n}/{stage}.parquet" for n in range(1, ITERATION + 1) for stage in ("pointwise", "pairwise")]
 

@@ -59,14 +59,6 @@ if EXTRA_SEEDS:
                          exclude_rules=[*SEED_SHARED_RULES, "all", "export", "export_round"])(lambda: None)
 
 
-def seed_metric_args():
-    """(seed, metrics file) of every seed's own numbers, and the metrics files no seed changes."""
-    shared = [f for f in metric_files() if f.startswith("results/baselines/")]
-    own = [f for f in metric_files() if f not in shared]
-    pairs = [(s, f if s == SEEDS[0] else f"{seed_dir(s)}/{f[len('results/'):]}") for s in SEEDS for f in own]
-    return pairs, shared
-
-
 rule seed_table:
     """Every number of the summary over the seeds: mean, sd, n_seeds, the values (and which
     systems no seed changes); the teacher-score cache of every seed in one table."""
