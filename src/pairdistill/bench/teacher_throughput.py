@@ -15,8 +15,9 @@ torch backend and with ``backend="openvino"`` (needs optimum-intel; ``backend="o
 optimum-onnx and the onnx package, which brings protobuf: not installed here). Its scores are
 taken as raw logits (``activation_fn`` the identity) so they compare with ours.
 
-sentence-transformers is an optional peer, not a requirement of the pipeline (not in envs/); this
-benchmark skips it with a message where it is not installed. It was measured with
+sentence-transformers is not a requirement of the pipeline; envs/ installs 5.3.0 (with --no-deps,
+for PyLate: the export tests), on which this benchmark's peer then runs; it skips the peer with a
+message where it is not installed. The measured figures were taken with
 ``pip install --no-deps sentence-transformers==6.2.0 optimum==2.3.0 optimum-intel==2.2.0
 openvino-tokenizers==2026.4.1.0`` (6.2.0 asks for transformers 5 but runs on 4.57; the full
 dependency resolution would replace torch and transformers).
