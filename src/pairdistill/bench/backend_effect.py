@@ -100,6 +100,8 @@ def main(argv=None) -> None:
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--measure", default="nDCG@10")
     ap.add_argument("--config", action="append", default=[], help="KEY=VALUE the run was made with (repeatable)")
+    ap.add_argument("--iterations", type=int, nargs="+", default=None,
+                    help="the rounds whose index and evaluation to rerun (default: every round)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     a = ap.parse_args(argv)
     run, work = Path(a.run).resolve(), Path(a.work).resolve()
@@ -107,10 +109,15 @@ def main(argv=None) -> None:
     if work.exists():
         raise SystemExit(f"--work {work} exists; give a new directory")
     setting = {"backend": a.backend, "quantize": a.quantize, "precision": a.precision}
-    shutil.copytree(run / "results", work / "results")  # a real copy: the jobs overwrite index files in place
+    # a real copy (the jobs overwrite index files in place), without other seeds' runs
+    shutil.copytree(run / "results", work / "results", ignore=shutil.ignore_patterns("seeds", "ablations", "export"))
     (work / "logs_backend").mkdir()
     extra = ["--config", *a.config] if a.config else []
     cmds = commands(work, setting, snakefile, extra)
+    if a.iterations is not None:
+        keep = {f"results/iter-{n}/" for n in a.iterations}
+        cmds = [c for c in cmds if c[0] not in ("index", "evaluate")
+                or any(x.startswith(tuple(keep)) for x in c if x.startswith("results/iter-"))]
     env = {**os.environ, "PYTHONPATH": str(snakefile.parent / "src")}
     timings = []
     for i, argv in enumerate(cmds):
