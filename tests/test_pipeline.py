@@ -338,8 +338,9 @@ def test_a_second_seed_reruns_the_student_side_on_the_shared_teachers(run):
         b = load_file(workdir / f"results/iter-{n}/checkpoint/model.safetensors")
         assert not all(torch.equal(a[k], b[k]) for k in a), n
     cache = pd.read_csv(seed / "teacher_cache.tsv", sep="\t")
-    first = cache[cache["iteration"] == 1]
-    assert len(first) == 2 and (first["reused"] > 0).all()  # round 1 reuses the primary's scores
+    first = cache[cache["iteration"] == 1].set_index("teacher")
+    assert sorted(first.index) == ["pairwise", "pointwise"]
+    assert first.loc["pointwise", "reused"] > 0  # round 1 reuses the primary's scores (pairs are drawn anew)
     pointwise = io.read_table(seed / "iter-1/pointwise.parquet", "pointwise")
     primary = io.read_table(workdir / "results/iter-1/pointwise.parquet", "pointwise")
     both = pointwise[pointwise["cached"]].merge(primary, on=["query_id", "doc_id"], suffixes=("", "_13"))
