@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pytest
 
@@ -77,7 +79,13 @@ def test_link_artifact_shares_files_and_leaves_out_snakemake_markers(tmp_path):
     single = tmp_path / "corpus.parquet"
     single.write_bytes(b"PAR1")
     io.link_artifact(single, tmp_path / "variant" / "data" / "corpus.parquet")
-    assert (tmp_path / "variant" / "data" / "corpus.parquet").read_bytes() == b"PAR1"
+    copy = tmp_path / "variant" / "data" / "corpus.parquet"
+    assert copy.read_bytes() == b"PAR1"
+    # a file is a copy: touching it (as Snakemake does a job's output) leaves the source's time
+    assert copy.stat().st_ino != single.stat().st_ino
+    before = single.stat().st_mtime_ns
+    os.utime(copy)
+    assert single.stat().st_mtime_ns == before
     assert not list((tmp_path / "variant").rglob("*.tmp"))
     with pytest.raises(FileNotFoundError, match="no such artifact"):
         io.link_artifact(tmp_path / "missing", tmp_path / "variant" / "missing")

@@ -159,8 +159,9 @@ def link_or_copy(src: str | Path, dst: str | Path) -> None:
 def link_artifact(src: str | Path, out: str | Path) -> None:
     """A finished artifact (file or directory) at another path too, hard-linked.
 
-    ``src`` (a file or a directory) at ``out`` too, hard-linked, written atomically: another
-    run's finished artifact taken as it is (an ablation variant's stage its setting does not reach)."""
+    ``src`` at ``out`` too, written atomically: another run's finished artifact taken as it is (an
+    ablation variant's or another seed's stage that its setting does not reach). A directory's files
+    are hard-linked (Snakemake's markers left out), a file is copied (see below)."""
     src = Path(src)
     if not src.exists():
         raise FileNotFoundError(f"{src}: no such artifact to link")
@@ -168,8 +169,10 @@ def link_artifact(src: str | Path, out: str | Path) -> None:
         if src.is_dir():
             link_or_copy(src, tmp)
         else:
-            tmp.unlink()
-            link_or_copy(src, tmp)
+            # a file output is copied: Snakemake touches a job's output file when it ends, and through
+            # a hard link that would be ``src``'s modification time too (every consumer of ``src``
+            # then looks out of date: seen with seeds' shared data, 2026-12-03)
+            shutil.copy2(src, tmp)
 
 
 def _with_metadata(schema: pa.Schema, metadata: dict[str, str] | None) -> pa.Schema:
