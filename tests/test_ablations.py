@@ -357,8 +357,8 @@ def test_upstream_variant_reruns_what_its_setting_feeds(done):
     assert len(scoring) == 2 and all("--model results/ablations/delta-5/teachers/pairwise/model " in line
                                      for line in scoring)
     table = next(line for line in commands.splitlines() if " ablation-table " in line)
-    assert "--run delta-5 2 test results/ablations/delta-5/iter-2/eval/test/run.parquet" in table
-    assert "--run no-kd 2 test results/ablations/no-kd/iter-2/eval/test/run.parquet" in table
+    assert "--run 13 delta-5 2 test results/ablations/delta-5/iter-2/eval/test/run.parquet" in table
+    assert "--run 13 no-kd 2 test results/ablations/no-kd/iter-2/eval/test/run.parquet" in table
     # the default target plans none of it
     assert dry_run(workdir, "--config", UPSTREAM, configfiles=(cfg,)) == []
 
@@ -416,4 +416,4 @@ def test_paper_config_ablations_evaluate_every_split(tmp_path):
     assert (counts["ablation_train"], counts["ablation_index"], counts["ablation_evaluate"]) == (2, 2, 2 * 3)
     table = next(line for line in proc.stdout.splitlines() if " ablation-table " in line)
     assert "--measures dev RR@10 R@1000 --measures dl19 nDCG@10 --measures dl20 nDCG@10" in table
-    assert "--run no-pair 2 dl20 results/ablations/no-pair/iter-2/eval/dl20/run.parquet" in table
+    assert "--run 13 no-pair 2 dl20 results/ablations/no-pair/iter-2/eval/dl20/run.parquet" in table
