@@ -41,6 +41,17 @@ def _save(fig, out: str | Path) -> None:
     _plt().close(fig)
 
 
+def _panels(plt, n: int):
+    """A figure of ``n`` panels, three to a row, room for a legend below; spare panels hidden."""
+    cols = min(3, max(1, n))
+    rows = -(-max(1, n) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.6 * rows + 0.8), squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    return fig, axes
+
+
 def _empty(ax, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what} in this run", ha="center", va="center", transform=ax.transAxes)
     ax.set_axis_off()
@@ -90,12 +101,7 @@ def metrics(summary: str | Path, out: str | Path, ablations: str | Path | None =
     its = s[s["iteration"].notna()].copy()
     refs = s[s["iteration"].isna()]
     measures = [c for c in s.columns if c not in ("system", "iteration", "eval_set") and its[c].notna().any()]
-    cols = min(3, max(1, len(measures)))
-    rows = -(-max(1, len(measures)) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.6 * rows + 0.8), squeeze=False,
-                             layout="constrained")
-    for ax in axes.flat[len(measures):]:
-        ax.set_axis_off()
+    fig, axes = _panels(plt, len(measures))
     ab = pd.read_parquet(ablations) if ablations else None
     if ab is not None:
         # the table also holds reference systems (one row at the last iteration); the variants are
@@ -170,12 +176,7 @@ def seeds(seeds: str | Path, out: str | Path) -> None:
     its = t[t["iteration"].notna()]
     refs = t[t["iteration"].isna()]
     measures = list(dict.fromkeys(its["measure"]))
-    cols = min(3, max(1, len(measures)))
-    rows = -(-max(1, len(measures)) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.6 * rows + 0.8), squeeze=False,
-                             layout="constrained")
-    for ax in axes.flat[len(measures):]:
-        ax.set_axis_off()
+    fig, axes = _panels(plt, len(measures))
     n_seeds = int(t["n_seeds"].max()) if len(t) else 0
     legend = {}
     for ax, m in zip(axes.flat, measures):
