@@ -329,7 +329,7 @@ def test_a_second_seed_reruns_the_student_side_on_the_shared_teachers(run):
     for kind in ("pointwise", "pairwise"):
         mine, primary = seed / f"teachers/{kind}/model", workdir / f"results/teachers/{kind}/model"
         for f in primary.rglob("*"):
-            if f.is_file():
+            if f.is_file() and not f.name.startswith(".snakemake"):  # Snakemake's own marker: each dir its own
                 assert (mine / f.relative_to(primary)).stat().st_ino == f.stat().st_ino  # linked, not fitted
     assert not (workdir / "logs/seeds/14/fit_teacher").exists()
     # its own student side: another initial checkpoint (seeded PCA sample) and other rounds
