@@ -332,8 +332,9 @@ def test_a_second_seed_reruns_the_student_side_on_the_shared_teachers(run):
             if f.is_file() and not f.name.startswith(".snakemake"):  # Snakemake's own marker: each dir its own
                 assert (mine / f.relative_to(primary)).stat().st_ino == f.stat().st_ino  # linked, not fitted
     assert not (workdir / "logs/seeds/14/fit_teacher").exists()
-    # its own student side: another initial checkpoint (seeded PCA sample) and other rounds
-    for n in (0, 1, 2):
+    # its own student side: other rounds (iteration 0 may equal the primary's here: the slice has
+    # fewer passages than the PCA sample, so every seed's sample is the whole corpus)
+    for n in (1, 2):
         a = load_file(seed / f"iter-{n}/checkpoint/model.safetensors")
         b = load_file(workdir / f"results/iter-{n}/checkpoint/model.safetensors")
         assert not all(torch.equal(a[k], b[k]) for k in a), n
