@@ -86,6 +86,44 @@ print(json.dumps({"seconds": t2 - t1, "cpu_s": c2 - c1, "import_s": t1 - t0, "gr
 """
 
 
+def add_scale_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a benchmark on synthetic files at a fraction of MS MARCO (this one, ``export``)."""
+    p.add_argument("--fraction", type=float, required=True, help="of MS MARCO's training data (1.0: 800K queries)")
+    p.add_argument("--work", help="where the synthetic files go (default: a temporary directory, removed)")
+    p.add_argument("--keep", action="store_true", help="keep the files (and reuse them when --work has them)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def scale(a: argparse.Namespace, prefix: str) -> tuple[Path, Path, int, int]:
+    """(work directory, data directory, queries, passages) of ``a.fraction`` of MS MARCO."""
+    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    n_queries = max(1, round(MSMARCO["queries"] * a.fraction))
+    n_docs = max(MSMARCO["k"], round(MSMARCO["passages"] * a.fraction))
+    return work, work / f"data-{a.fraction:g}", n_queries, n_docs
+
+
+def write_inputs(data: Path, n_queries: int, n_docs: int, seed: int) -> float:
+    """The synthetic training inputs in ``data`` unless there already; returns the seconds it took."""
+    from .. import synthetic
+
+    started = time.monotonic()
+    if not (data / "pairwise.parquet").exists():
+        synthetic.write_training_inputs(data, n_queries=n_queries, n_docs=n_docs, k=MSMARCO["k"],
+                                        pairs_per_query=MSMARCO["pairs"], seed=seed)
+    return time.monotonic() - started
+
+
+def run_child(code: str, args: dict) -> dict | int:
+    """``code`` in a fresh interpreter with ``args`` as JSON: the last line it prints, as JSON, or its
+    exit status (its output's tail written to stderr) when it fails."""
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True)
+    if proc.returncode:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+        return proc.returncode
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def tiny_colbert(out: Path) -> Path:
     """A tiny random ColBERT (the tests' tiny BERT with MiniLM's vocabulary)."""
     import torch
@@ -105,35 +143,20 @@ def tiny_colbert(out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pairdistill.bench datascale", description=__doc__.split("\n")[0])
-    p.add_argument("--fraction", type=float, required=True, help="of MS MARCO's training data (1.0: 800K queries)")
-    p.add_argument("--work", help="where the synthetic files go (default: a temporary directory, removed)")
-    p.add_argument("--keep", action="store_true", help="keep the files (and reuse them when --work has them)")
-    p.add_argument("--seed", type=int, default=0)
+    add_scale_arguments(p)
     a = p.parse_args(argv)
-    from .. import synthetic
-
-    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="datascale."))
-    work.mkdir(parents=True, exist_ok=True)
-    n_queries = max(1, round(MSMARCO["queries"] * a.fraction))
-    n_docs = max(MSMARCO["k"], round(MSMARCO["passages"] * a.fraction))
-    data = work / f"data-{a.fraction:g}"
+    work, data, n_queries, n_docs = scale(a, "datascale.")
     try:
-        started = time.monotonic()
-        if not (data / "pairwise.parquet").exists():
-            synthetic.write_training_inputs(data, n_queries=n_queries, n_docs=n_docs, k=MSMARCO["k"],
-                                            pairs_per_query=MSMARCO["pairs"], seed=a.seed)
-        generate_s = time.monotonic() - started
+        generate_s = write_inputs(data, n_queries, n_docs, a.seed)
         ckpt = work / "colbert" if (work / "colbert" / "config.json").exists() else tiny_colbert(work)
         run = work / "run"
         shutil.rmtree(run, ignore_errors=True)
         run.mkdir()
         args = {n: str(data / f"{n}.parquet") for n in ("corpus", "queries", "qrels", "pointwise", "pairwise")}
         args.update(checkpoint=str(ckpt), out=str(run))
-        proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True)
-        if proc.returncode:
-            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-            return proc.returncode
-        child = json.loads(proc.stdout.strip().splitlines()[-1])
+        child = run_child(_CHILD, args)
+        if isinstance(child, int):
+            return child
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         sizes = {p.stem: round(p.stat().st_size / 2**20) for p in data.glob("*.parquet")}
         print(json.dumps({"fraction": a.fraction, "seconds": round(child["seconds"], 1),

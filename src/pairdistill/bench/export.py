@@ -19,13 +19,8 @@ import argparse
 import json
 import resource
 import shutil
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
-from .datascale import MSMARCO
+from .datascale import MSMARCO, add_scale_arguments, run_child, scale, write_inputs
 
 _CHILD = r"""
 import json, sys, time
@@ -40,32 +35,18 @@ print(json.dumps({"seconds": time.monotonic() - t1, "import_s": t1 - t0, "rows":
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pairdistill.bench export", description=__doc__.split("\n")[0])
-    p.add_argument("--fraction", type=float, required=True, help="of MS MARCO's training data (1.0: 800K queries)")
-    p.add_argument("--work", help="where the synthetic files go (default: a temporary directory, removed)")
-    p.add_argument("--keep", action="store_true", help="keep the files (and reuse them when --work has them)")
-    p.add_argument("--seed", type=int, default=0)
+    add_scale_arguments(p)
     a = p.parse_args(argv)
-    from .. import synthetic
-
-    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="bench-export."))
-    work.mkdir(parents=True, exist_ok=True)
-    n_queries = max(1, round(MSMARCO["queries"] * a.fraction))
-    n_docs = max(MSMARCO["k"], round(MSMARCO["passages"] * a.fraction))
-    data, out = work / f"data-{a.fraction:g}", work / f"export-{a.fraction:g}"
+    work, data, n_queries, n_docs = scale(a, "bench-export.")
+    out = work / f"export-{a.fraction:g}"
     try:
-        started = time.monotonic()
-        if not (data / "pairwise.parquet").exists():
-            synthetic.write_training_inputs(data, n_queries=n_queries, n_docs=n_docs, k=MSMARCO["k"],
-                                            pairs_per_query=MSMARCO["pairs"], seed=a.seed)
-        generate_s = time.monotonic() - started
+        generate_s = write_inputs(data, n_queries, n_docs, a.seed)
         shutil.rmtree(out, ignore_errors=True)
         args = {f"{n}_path": str(data / f"{n}.parquet") for n in ("pointwise", "pairwise", "corpus", "queries")}
         args.update(out=str(out), results=str(work), top_k=MSMARCO["k"], pairs_per_query=MSMARCO["pairs"])
-        proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True)
-        if proc.returncode:
-            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-            return proc.returncode
-        child = json.loads(proc.stdout.strip().splitlines()[-1])
+        child = run_child(_CHILD, args)
+        if isinstance(child, int):
+            return child
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         peak = usage.ru_maxrss / 1024
         mb = lambda paths: {p.stem: round(p.stat().st_size / 2**20, 1) for p in paths}  # noqa: E731
