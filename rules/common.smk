@@ -516,9 +516,9 @@ def score_cache(stage):
     paths are the run's own, flagged local so the module's prefix leaves them as they are)."""
     def files(w):
         own = [f"results/iter-{n}/{stage}/shard-{w.shard}.parquet" for n in range(1, int(w.it))]
-        earlier = [local(f"{p}iter-{n}/{stage}/shard-{w.shard}.parquet")
+        primary = [local(f"{p}iter-{n}/{stage}/shard-{w.shard}.parquet")
                    for p in (SEED_MODULE or {}).get("cache", []) for n in range(1, int(w.it) + 1)]
-        return own + earlier
+        return own + primary
     return files
 
 
@@ -541,8 +541,9 @@ def metric_files():
 
 def seed_metric_args():
     """(seed, metrics file) of every seed's own numbers, and the metrics files no seed changes."""
-    shared = [f for f in metric_files() if f.startswith("results/baselines/")]
-    own = [f for f in metric_files() if f not in shared]
+    files = metric_files()
+    shared = [f for f in files if f.startswith("results/baselines/")]
+    own = [f for f in files if f not in shared]
     pairs = [(s, f if s == SEEDS[0] else f"{seed_dir(s)}/{f[len('results/'):]}") for s in SEEDS for f in own]
     return pairs, shared
 

@@ -59,20 +59,23 @@ if EXTRA_SEEDS:
                          exclude_rules=[*SEED_SHARED_RULES, "all", "export", "export_round"])(lambda: None)
 
 
+SEED_METRICS, SEED_SHARED_METRICS = seed_metric_args()  # (seed, file) of each seed's own; no seed's
+
+
 rule seed_table:
     """Every number of the summary over the seeds: mean, sd, n_seeds, the values (and which
     systems no seed changes); the teacher-score cache of every seed in one table."""
     input:
-        metrics=[f for _, f in seed_metric_args()[0]],
-        shared=seed_metric_args()[1],
+        metrics=[f for _, f in SEED_METRICS],
+        shared=SEED_SHARED_METRICS,
         cache=[f"{seed_dir(s)}/teacher_cache.tsv" for s in SEEDS],
     output:
         parquet="results/seeds.parquet",
         tsv=report("results/seeds.tsv", caption="../report/seeds.rst", category="3. Evaluation"),
         cache="results/seeds_teacher_cache.tsv",
     params:
-        metrics=" ".join(shlex.join(["--metrics", str(s), f]) for s, f in seed_metric_args()[0]),
-        shared=" ".join(shlex.join(["--shared", f]) for f in seed_metric_args()[1]),
+        metrics=" ".join(shlex.join(["--metrics", str(s), f]) for s, f in SEED_METRICS),
+        shared=" ".join(shlex.join(["--shared", f]) for f in SEED_SHARED_METRICS),
         cache=" ".join(shlex.join(["--cache", str(s), f"{seed_dir(s)}/teacher_cache.tsv"]) for s in SEEDS),
     log:
         "logs/seeds/table.log",
