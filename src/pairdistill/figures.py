@@ -1,7 +1,7 @@
 """Figures of a run for ``snakemake --report``: metrics per round, loss curves, teacher scores,
 the teachers' disagreement by rank gap, teacher-cache hit rates, and time and memory per stage.
 
-Each function reads artifacts (see the README's *Artifacts*) and writes one PNG. matplotlib runs
+Each function reads artifacts (see docs/artifacts.md) and writes one PNG. matplotlib runs
 headless (Agg).
 """
 

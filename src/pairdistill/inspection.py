@@ -1,6 +1,6 @@
 """``pairdistill inspect``: what the teachers said and what the student did, from the Parquet artifacts.
 
-Reads only files under ``results/`` (see the README's *Artifacts*); never a model. Each command
+Reads only files under ``results/`` (see docs/artifacts.md); never a model. Each command
 returns a :class:`Report` (a few scalars and some tables) that :func:`render` prints as a table,
 TSV or JSON. A missing, damaged or foreign artifact, an unknown query id or an iteration that was
 never run raises :class:`InspectError`, which the command line prints as one line (exit code 2).

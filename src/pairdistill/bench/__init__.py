@@ -1,4 +1,4 @@
-"""Benchmarks (measurements behind the README's choices and tables, not tests), run by name::
+"""Benchmarks (measurements behind the choices and tables in docs/, not tests), run by name::
 
     python -m pairdistill.bench --help                 # the benchmarks and what each measures
     python -m pairdistill.bench student --results results --set lr=1e-4

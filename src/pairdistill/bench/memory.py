@@ -1,4 +1,5 @@
-"""Peak memory of one shard job as the query set grows: the benchmark behind the README's table.
+"""Peak memory of one shard job as the query set grows: the benchmark behind the table
+in docs/paper-scale-and-clusters.md (*Memory of a shard job*).
 
     python -m pairdistill.bench memory --out /tmp/shard-memory
 

@@ -1,4 +1,4 @@
-"""Peak training memory per micro-batch query: the benchmark behind the README's micro_batch table.
+"""Peak training memory per micro-batch query: the benchmark behind docs/gpus.md's micro_batch table.
 
     python -m pairdistill.bench train-memory --out /tmp/train-memory            # CPU, a few minutes
     python -m pairdistill.bench train-memory --out DIR --device cuda --nway 64   # on a GPU
