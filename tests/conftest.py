@@ -247,3 +247,23 @@ def fusion_run(tmp_path_factory, tiny_bert_dir) -> dict:
     work.mkdir()
     proc = snakemake(work, configfiles=(configfile,))
     return {"workdir": work, "config": configfile, "root": root, "proc": proc}
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker's torch takes its share of the cores (two workers with two
+    threads each on two cores would slow every in-process forward pass)."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Groups for pytest-xdist (pyproject.toml's addopts: ``-n auto --dist loadgroup``): a module's
+    tests run on one worker, so its module-scoped fixtures (a tiny finished run, a trained
+    checkpoint) are built once; every test of the session-wide ``fusion_run`` runs on one worker,
+    so that run is made once. ``-n 0`` runs everything in one process."""
+    for item in items:
+        group = "fusion_run" if "fusion_run" in item.fixturenames else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
