@@ -657,9 +657,17 @@ def check_inference():
     honour them on this machine (an unknown or uninstalled backend, int8 on a GPU, ...)."""
     if INFERENCE == INFERENCE_DEFAULTS:
         return
+    device = "cuda" if visible_gpus() else "cpu"
+    if INFERENCE == {**INFERENCE_DEFAULTS, "backend": "auto"}:
+        # the config's default: openvino fp32 on a CPU, torch on a GPU; checked without importing torch
+        import importlib.util
+
+        if device == "cpu" and importlib.util.find_spec("openvino") is None:
+            print("inference.backend auto: openvino is not installed (the extra `fast`), so encodings and "
+                  "teacher scores run on eager torch", file=sys.stderr)
+        return
     from pairdistill import inference
 
-    device = "cuda" if visible_gpus() else "cpu"
     for who, family in inference_families().items():
         try:
             inference.check_backend(INFERENCE["backend"], INFERENCE["quantize"], family, device,

@@ -242,6 +242,24 @@ def test_settings_checked_at_start_up():
         inference.check_backend("onnx", "int8", "monot5", "cpu")
 
 
+def test_auto_is_openvino_on_a_cpu_that_has_it_and_torch_elsewhere(monkeypatch):
+    from pairdistill.inference import pipeline
+
+    assert inference.resolve_backend("auto", "cuda") == "torch"
+    assert inference.resolve_backend("openvino", "cuda") == "openvino"  # only auto is resolved
+    assert inference.resolve_backend("auto", "cpu") == ("openvino" if HAS_OV else "torch")
+    with pytest.raises(SettingError, match=r"^inference\.quantize: int8 is a CPU path"):
+        inference.check_backend("auto", "int8", "cross-encoder", "cuda")
+    inference.check_backend("auto", "none", "duot5", "cuda", precision="bf16")
+    # a job under auto runs as the backend it stands for (its teacher-cache identity says which)
+    with pipeline.use({"backend": "auto"}):
+        assert pipeline.active() == (dict(pipeline.DEFAULT, backend="openvino") if HAS_OV else None)
+    monkeypatch.setattr(inference, "_missing", lambda module: module == "openvino")
+    assert inference.resolve_backend("auto", "cpu") == "torch"
+    with pipeline.use({"backend": "auto"}):
+        assert pipeline.active() is None  # eager torch, today's code byte for byte
+
+
 @pytest.mark.skipif(not HAS_OV, reason="openvino not installed")
 def test_openvino_int8_needs_calibration(tiny_bert_dir, tmp_path):
     with pytest.raises(SettingError, match="inference.quantize: openvino int8 is static"):

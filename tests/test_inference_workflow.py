@@ -1,6 +1,7 @@
-"""inference.* in the workflow: the default's commands carry no --inference-* flag (a finished run
-plans nothing new), another backend adds them to exactly the encoding and scoring rules, and a
-backend that cannot run is one line naming inference.backend before any job runs."""
+"""inference.* in the workflow: the default (backend auto) and any other setting add their
+--inference-* flags to exactly the encoding and scoring rules (backend torch: none; a finished run
+plans nothing new), and a backend that cannot run is one line naming inference.backend before any
+job runs."""
 
 from __future__ import annotations
 
@@ -36,21 +37,39 @@ def _dry(tmp_path, *args, overlay=None):
     return snakemake(tmp_path, "-n", "-p", *args, configfiles=(cfg,), check=False)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
-def test_openvino_adds_the_flags_to_the_encoding_rules_only(tmp_path):
+def _flagged(commands: dict[str, list[str]], flag: str) -> set[str]:
+    return {r for r, cmds in commands.items() if all(flag in c for c in cmds)}
+
+
+def test_the_default_asks_for_auto_in_the_encoding_rules_only(tmp_path):
+    """config.yaml's inference.backend auto reaches exactly the encoding and scoring rules; with
+    backend torch no command carries a flag, and the other rules' commands are the same either way."""
     default = _dry(tmp_path / "a")
     assert default.returncode == 0, default.stderr[-3000:]
-    assert "--inference" not in default.stdout
-    proc = _dry(tmp_path / "b", "--config", "inference={backend: openvino}")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    commands = _commands(proc.stdout)
-    with_flags = {r for r, cmds in commands.items() if all("--inference-backend openvino" in c for c in cmds)}
-    assert with_flags == FAST & set(commands), commands.keys()
+    commands = _commands(default.stdout)
+    assert _flagged(commands, "--inference-backend auto") == FAST & set(commands), commands.keys()
     assert not any("--inference" in c for r, cmds in commands.items() if r not in FAST for c in cmds)
     assert not any("--inference-quantize" in c or "--inference-precision" in c for cmds in commands.values()
-                   for c in cmds)  # only the keys that differ from the default
-    # the other commands are the default's, byte for byte
-    base = _commands(default.stdout)
+                   for c in cmds)  # only the keys that differ from the stages' own default
+    eager = _dry(tmp_path / "b", "--config", "inference={backend: torch}")
+    assert eager.returncode == 0, eager.stderr[-3000:]
+    assert "--inference" not in eager.stdout
+    base = _commands(eager.stdout)
+    for rule in set(commands) - FAST:
+        assert sorted(commands[rule]) == sorted(base[rule]), rule
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
+def test_openvino_adds_the_flags_to_the_encoding_rules_only(tmp_path):
+    eager = _dry(tmp_path / "a", "--config", "inference={backend: torch}")
+    assert eager.returncode == 0, eager.stderr[-3000:]
+    proc = _dry(tmp_path / "b", "--config", "inference={backend: openvino, quantize: int8}")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    commands = _commands(proc.stdout)
+    assert _flagged(commands, "--inference-backend openvino --inference-quantize int8") == FAST & set(commands)
+    assert not any("--inference" in c for r, cmds in commands.items() if r not in FAST for c in cmds)
+    assert not any("--inference-precision" in c for cmds in commands.values() for c in cmds)
+    base = _commands(eager.stdout)
     for rule in set(commands) - FAST:
         assert sorted(commands[rule]) == sorted(base[rule]), rule
 
@@ -70,6 +89,7 @@ def test_an_unknown_backend_fails_the_schema(tmp_path):
     assert proc.returncode != 0 and "backend" in proc.stdout + proc.stderr
 
 
+@pytest.mark.slow  # it needs the session-wide finished run (about a minute)
 def test_a_finished_run_plans_nothing_under_the_default(fusion_run):
     proc = snakemake(fusion_run["workdir"], "-n", configfiles=(fusion_run["config"],))
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]

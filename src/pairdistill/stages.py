@@ -78,12 +78,12 @@ class Inference(TypedDict, total=False):
     out take the default, torch / none / fp32, under which today's torch code runs unchanged.
 
     Args:
-        backend: inference.backend: encodings and teacher scores without gradients on torch (eager), onnx or openvino
+        backend: inference.backend: encodings and teacher scores without gradients on torch (eager), onnx, openvino or auto (openvino on a CPU where installed, else torch)
         quantize: inference.quantize: int8 (torch: dynamic; openvino: NNCF, calibrated on the job's own texts)
         precision: inference.precision: bf16 (torch, or openvino on a CPU with native bf16)
     """
 
-    backend: Literal["torch", "onnx", "openvino"]
+    backend: Literal["torch", "onnx", "openvino", "auto"]
     quantize: Literal["none", "int8"]
     precision: Literal["fp32", "bf16"]
 

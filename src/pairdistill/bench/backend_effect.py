@@ -118,7 +118,12 @@ def main(argv=None) -> None:
         keep = {f"results/iter-{n}/" for n in a.iterations}
         cmds = [c for c in cmds if c[0] not in ("index", "evaluate")
                 or any(x.startswith(tuple(keep)) for x in c if x.startswith("results/iter-"))]
-    env = {**os.environ, "PYTHONPATH": str(snakefile.parent / "src")}
+    # the checkout's caches, as the workflow's jobs have them (colbert-ai's extensions built by
+    # envs/setup.sh, so no job's time includes a build; the exported models)
+    cache = snakefile.parent / ".cache"
+    env = {"TORCH_EXTENSIONS_DIR": str(cache / "torch_extensions"),
+           "PAIRDISTILL_INFERENCE_CACHE": str(cache / "inference"),
+           **os.environ, "PYTHONPATH": str(snakefile.parent / "src")}
     timings = []
     for i, argv in enumerate(cmds):
         print(" ".join(shlex.quote(x) for x in argv), flush=True)

@@ -39,6 +39,10 @@ def use(given: Mapping | None) -> Iterator[dict]:
     from . import check_backend
 
     s = settings(given)
+    if s["backend"] == "auto":  # the backend it stands for on this job's device
+        from . import resolve_backend
+
+        s["backend"] = resolve_backend("auto", runtime.device("auto"))
     if not is_default(s):
         check_backend(s["backend"], s["quantize"], device=runtime.device("auto"), precision=s["precision"])
     _active.append(s)
