@@ -241,7 +241,9 @@ def fusion_run(tmp_path_factory, tiny_bert_dir) -> dict:
         pytest.skip("SciFact not found")
     root = tmp_path_factory.mktemp("fusion-e2e")
     make_slice(root / "data", n_train=32)
-    overlay = tiny_fusion_overlay(root / "data", tiny_bert_dir, **{"iteration": 1, "threads": 1})
+    # the default's inference.backend auto (openvino on a CPU where installed): the fast path end to end
+    overlay = tiny_fusion_overlay(root / "data", tiny_bert_dir, **{"iteration": 1, "threads": 1,
+                                                                    "inference.backend": "auto"})
     configfile = write_config(root / "tiny.yaml", overlay)
     work = root / "work"
     work.mkdir()

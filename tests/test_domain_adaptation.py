@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow import DATA_DIR, REPO, planned_jobs, snakemake, write_config
+from workflow import DATA_DIR, REPO, drop_inference_flags, planned_jobs, snakemake, write_config
 
 PAPER_DA = REPO / "configs" / "domain-adaptation.yaml"
 CRANFIELD = REPO / "configs" / "adapt-cranfield.yaml"
@@ -82,7 +82,7 @@ def test_adapt_cranfield_plan(tmp_path, source_run):
     rebase = sorted(_commands(out, "rebase-fusion"))
     assert [f"--teacher {source_run}/teachers/{k}/model" in c for c, k in zip(rebase, ("pairwise", "pointwise"))] == [True] * 2
     # the pairwise teacher takes the corpus embeddings of the re-based pointwise one (its input)
-    assert rebase[0].endswith("--reuse results/teachers/pointwise/model > logs/rebase_teacher/pairwise.log 2>&1")
+    assert drop_inference_flags(rebase[0]).endswith("--reuse results/teachers/pointwise/model > logs/rebase_teacher/pairwise.log 2>&1")
     assert "--reuse" not in rebase[1]
     init = _commands(out, "init-checkpoint")[0]
     assert f"--base {source_run}/iter-2/checkpoint" in init and "--projection random" in init

@@ -38,6 +38,12 @@ def snakemake(workdir: Path, *args: str, configfiles: tuple[Path, ...] = (), che
     return proc
 
 
+def drop_inference_flags(command: str) -> str:
+    """A rule's command without its ``--inference-*`` flags (the default's ``--inference-backend
+    auto`` in every encoding rule; tests/test_inference_workflow.py checks where they go)."""
+    return re.sub(r" --inference-[a-z]+ \S+", "", command)
+
+
 def planned_jobs(output: str) -> list[tuple[str, list[str]]]:
     """(rule, outputs) of every job a dry run prints, ``all`` excluded."""
     jobs, rule = [], None
@@ -128,6 +134,9 @@ def tiny_overlay(data_dir: Path, tiny_bert: str, **changes) -> dict:
         "pairs": {"delta": 4, "per_query": 3},
         "train": {"nway": 4, "batch_size": 4, "epochs": 2, "lr": 1.0e-3},
         "evaluate": {"k": 50, "teacher_rerank": {"enabled": True, "pointwise_depth": 8, "pairwise_depth": 3}},
+        # eager torch, so the tiny runs export no model per checkpoint; conftest.py's fusion_run keeps
+        # the default's auto (openvino on a CPU), which covers that path end to end
+        "inference": {"backend": "torch"},
     }
     return _apply(cfg, changes)
 
