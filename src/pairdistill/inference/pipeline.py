@@ -36,15 +36,13 @@ def is_default(given: Mapping | None) -> bool:
 def use(given: Mapping | None) -> Iterator[dict]:
     """Run a stage's body under these settings (checked first: a one-line SettingError)."""
     from .. import runtime
-    from . import check_backend
+    from . import check_backend, resolve_backend
 
     s = settings(given)
-    if s["backend"] == "auto":  # the backend it stands for on this job's device
-        from . import resolve_backend
-
-        s["backend"] = resolve_backend("auto", runtime.device("auto"))
+    device = runtime.device("auto")
+    s["backend"] = resolve_backend(s["backend"], device)  # auto: the backend it stands for on this device
     if not is_default(s):
-        check_backend(s["backend"], s["quantize"], device=runtime.device("auto"), precision=s["precision"])
+        check_backend(s["backend"], s["quantize"], device=device, precision=s["precision"])
     _active.append(s)
     try:
         yield s

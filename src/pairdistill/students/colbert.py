@@ -81,29 +81,25 @@ def load_extensions(loader: str) -> None:
     getattr(importlib.import_module(module), name).try_load_torch_extensions(use_gpu=False)
 
 
-def build_extensions(parallel: bool = True) -> list[str]:
+def build_extensions() -> list[str]:
     """Compile (or load, when already built) every C++ extension colbert-ai uses on a CPU, into
     ``TORCH_EXTENSIONS_DIR``: the MaxSim kernel of its model, and the pid filter, residual
     decompression and segmented lookup of PLAID search. ``envs/setup.sh`` calls this, so no job
-    of a run pays the ~2-minute build. Each extension is one compile, so ``parallel`` builds the
-    three loaders' sets in three processes at once (about half the time on 2 cores; torch locks
-    each extension's own directory). Returns the extension files' names."""
+    of a run pays the ~2-minute build. Each extension is one compile, so the three loaders' sets
+    build in three processes at once (about half the time on 2 cores; torch locks each
+    extension's own directory; they inherit ``TORCH_EXTENSIONS_DIR`` from :func:`setup_colbert`).
+    Returns the extension files' names."""
     setup_colbert()
-    if parallel:
-        env = {**os.environ, "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}
-        procs = [(loader, subprocess.Popen(
-            [sys.executable, "-c", f"from pairdistill.students.colbert import load_extensions; "
-                                   f"load_extensions({loader!r})"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-            for loader in EXTENSION_LOADERS]
-        for loader, proc in procs:
-            out, _ = proc.communicate()
-            if proc.returncode != 0:
-                raise RuntimeError(f"building colbert-ai's extensions of {loader} failed "
-                                   f"(exit {proc.returncode}):\n{out[-4000:]}")
-    else:
-        for loader in EXTENSION_LOADERS:
-            load_extensions(loader)
+    procs = [(loader, subprocess.Popen(
+        [sys.executable, "-c", f"from pairdistill.students.colbert import load_extensions; "
+                               f"load_extensions({loader!r})"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        for loader in EXTENSION_LOADERS]
+    for loader, proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"building colbert-ai's extensions of {loader} failed "
+                               f"(exit {proc.returncode}):\n{out[-4000:]}")
     root = Path(os.environ["TORCH_EXTENSIONS_DIR"])
     return sorted(p.name for p in root.rglob("*.so"))
 
