@@ -51,7 +51,7 @@ def _sibling(tmp_path: Path) -> int:
 
 
 def _run(tmp_path: Path, stage: str, value: str | None, **popen) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != preemption.ENV}
+    env = {k: v for k, v in os.environ.items() if k not in (preemption.ENV, preemption.GROUP_ENV)}
     if value is not None:
         env[preemption.ENV] = value
     cmd = [sys.executable, "-c", WORKER, stage, str(tmp_path / "out.parquet")]
@@ -92,6 +92,28 @@ def test_outside_a_session_of_its_own_only_the_job_dies(tmp_path):
         assert _alive(sibling)  # the worker's group (its child) was spared
     finally:
         os.kill(sibling, signal.SIGKILL)
+
+
+def test_a_process_in_a_group_of_its_own_kills_the_group_of_the_jobs_first_process(tmp_path):
+    """As under torch.distributed.run: the job's first process (the launcher, armed, leading its
+    session's group) starts the one that makes the point durable in a group of its own; the cue
+    kills the launcher's group (Snakemake and every job, in the tests), not merely that process."""
+    launcher = textwrap.dedent(f"""
+        import subprocess, sys
+        from pairdistill import preemption
+        preemption.arm("launcher")
+        subprocess.run([sys.executable, "-c", {WORKER!r}, *sys.argv[1:]], process_group=0)
+        print("the launcher outlived the cue", flush=True)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != preemption.GROUP_ENV}
+    env[preemption.ENV] = "pointwise:2"
+    proc = subprocess.run([sys.executable, "-c", launcher, "pointwise", str(tmp_path / "out.parquet")], env=env,
+                          capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    assert "outlived" not in proc.stdout and f"{preemption.ENV}: killing process group" in proc.stdout
+    assert _parts(tmp_path) == ["manifest.json", "part-000000.parquet", "part-000001.parquet"]
+    sibling = _sibling(tmp_path)  # in the worker's own group: the launcher's kill does not reach it
+    os.kill(sibling, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("value", [None, "pairwise:1", "train:1"])

@@ -229,3 +229,32 @@ def test_a_light_job_never_imports_torch_and_threads_still_reach_it(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "1"
     assert len(pd.read_parquet(tmp_path / "run.parquet")) == 2
+
+
+def test_jobs_load_transformers_models_without_importing_scikit_learn(tiny_cross_encoder_dir):
+    """runtime.lean_transformers_import (cli.main's first call): a model loads and runs with no
+    scikit-learn import (transformers 4.57 would import it for assisted generation only); scikit-learn
+    itself still imports afterwards, for the libraries that use it."""
+    code = f"""
+import sys
+from pairdistill import runtime
+runtime.lean_transformers_import()
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+model = AutoModelForSequenceClassification.from_pretrained({tiny_cross_encoder_dir!r}).eval()
+batch = AutoTokenizer.from_pretrained({tiny_cross_encoder_dir!r})(["a query"], ["a passage"], return_tensors="pt")
+with torch.no_grad():
+    assert torch.isfinite(model(**batch).logits).all()
+from transformers.utils import is_sklearn_available
+print("sklearn" in sys.modules, is_sklearn_available(), len(sys.meta_path))
+import sklearn.metrics
+print("sklearn" in sys.modules)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": SRC}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = proc.stdout.split("\n")[:2]
+    plain = subprocess.run([sys.executable, "-c", "import sys; print(len(sys.meta_path))"],
+                           capture_output=True, text=True).stdout.strip()
+    assert first == f"False False {plain}"  # and the hook removed itself once used
+    assert second == "True"

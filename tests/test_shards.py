@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from pairdistill import io, shards, stages, synthetic
+from pairdistill import io, preemption, shards, stages, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,7 +110,8 @@ def _pointwise_cmd(c, shard: str, out: Path, *extra: str) -> list[str]:
 
 
 def _env():
-    return {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = {k: v for k, v in os.environ.items() if k not in (preemption.ENV, preemption.GROUP_ENV)}
+    return {**env, "PYTHONPATH": str(REPO / "src")}
 
 
 def test_killed_scoring_job_resumes_and_gathers_row_for_row(collection, tmp_path):
@@ -123,22 +123,16 @@ def test_killed_scoring_job_resumes_and_gathers_row_for_row(collection, tmp_path
         subprocess.run(_pointwise_cmd(c, name, plain / f"{name}.parquet", "--part-rows", "16"), check=True,
                        env=_env(), capture_output=True)
 
-    # shard 0: SIGKILL once a few parts are on disk, then rerun the same command
+    # shard 0: SIGKILLed right after its 3rd part is on disk (PAIRDISTILL_KILL_AFTER; not in a
+    # session of its own, so the job alone), then the same command rerun
     victim = resumed / "000-of-002.parquet"
     cmd = _pointwise_cmd(c, "000-of-002", victim, "--part-rows", "16")
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.run(cmd, env={**_env(), preemption.ENV: "pointwise:3"}, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     parts = shards.parts_dir(victim)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if len(list(parts.glob("part-*.parquet"))) >= 3:
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the scoring job finished before it could be killed; give it more rows"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     done_at_kill = len(list(parts.glob("part-*.parquet")))
     total_parts = -(-len(io.read_table(c["root"] / "topk-000-of-002.parquet")) // 16)
-    assert 3 <= done_at_kill < total_parts
+    assert done_at_kill == 3 < total_parts
     assert not victim.exists()
     rerun = subprocess.run(cmd, env=_env(), capture_output=True, text=True, check=True)
     assert f"resuming: {done_at_kill} of" in rerun.stdout

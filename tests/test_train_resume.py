@@ -27,7 +27,7 @@ from pairdistill import train as training
 REPO = Path(__file__).resolve().parents[1]
 SPLIT = "train"
 N_QUERIES, N_LABELLED, LIST_LEN, NWAY, BATCH = 11, 8, 6, 4, 2  # 6 steps per epoch, the last one of 1 query
-STEPS, SAVE_EVERY, KILL_AT = 60, 2, 10
+STEPS, SAVE_EVERY, KILL_AFTER = 24, 2, 5  # killed right after its 5th state (step 10) of 24 steps
 
 
 def _words(rng: np.random.Generator, n: int) -> str:
@@ -104,16 +104,19 @@ def _command(inputs: dict[str, Path], work: Path, steps: int = STEPS) -> list[st
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
+    from pairdistill import preemption
+
+    env = {k: v for k, v in os.environ.items() if k not in (preemption.ENV, preemption.GROUP_ENV)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
     env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
     return env
 
 
-def _start(cmd: list[str], log: Path) -> subprocess.Popen:
+def _start(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``cmd`` in a session of its own (so a kill takes every process it starts)."""
     with open(log, "w") as f:
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(), cwd=REPO,
-                                start_new_session=True)
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env={**_env(), **(env or {})},
+                                cwd=REPO, start_new_session=True)
 
 
 def _finish(proc: subprocess.Popen, log: Path, timeout_s: float = 300.0) -> str:
@@ -137,31 +140,24 @@ def _state_step(state_dir: Path) -> int:
     return max(steps, default=0)
 
 
-def _run_and_kill(cmd: list[str], log: Path, state_dir: Path, at_step: int, timeout_s: float = 180.0) -> int:
-    """Start ``cmd``, SIGKILL it as soon as a state of step >= ``at_step`` exists; returns that step."""
-    proc = _start(cmd, log)
+def _run_and_kill(cmd: list[str], log: Path, state_dir: Path, at_state: int, timeout_s: float = 300.0) -> int:
+    """Run ``cmd`` with PAIRDISTILL_KILL_AFTER=train:<at_state>: the job SIGKILLs its whole session
+    (every process of it) right after its ``at_state``-th training state is durable, wherever the
+    machine's load has got the run to; returns the step of the state it left."""
+    from pairdistill import preemption
+
+    proc = _start(cmd, log, {preemption.ENV: f"train:{at_state}"})
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            step = _state_step(state_dir)
-            if step >= at_step:
-                time.sleep(0.05)  # a step or so more: the rerun then also redoes steps lost with the kill
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"training ended (exit {proc.returncode}) before a state of step >= {at_step} "
-                            f"appeared, so it could not be killed mid-way; make the run longer:\n"
-                            f"{log.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no state of step >= {at_step} after {timeout_s:.0f}s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.005)
+        proc.wait(timeout=timeout_s)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+            proc.wait()
+    text = log.read_text()
     assert proc.returncode == -signal.SIGKILL, (
-        f"training exited by itself ({proc.returncode}) instead of being killed:\n{log.read_text()[-3000:]}")
-    return step
+        f"training exited by itself ({proc.returncode}) instead of being killed:\n{text[-3000:]}")
+    assert f"{preemption.ENV}: killing process group" in text, text[-3000:]
+    return _state_step(state_dir)
 
 
 def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -179,16 +175,16 @@ def test_killed_and_rerun_training_is_bit_identical_to_an_uninterrupted_one(inpu
     ref_proc = _start(_command(inputs, ref), ref / "train.log")
     try:
         cmd = _command(inputs, killed)
-        step = _run_and_kill(cmd, killed / "first.log", killed / "train_state", KILL_AT)
+        step = _run_and_kill(cmd, killed / "first.log", killed / "train_state", KILL_AFTER)
     finally:
         ref_log = _finish(ref_proc, ref / "train.log")
     assert "resuming" not in ref_log
     assert not (ref / "train_state").exists(), "a completed run must remove its state directory"
-    assert step < STEPS
+    assert step == KILL_AFTER * SAVE_EVERY  # the state the cue named, under any load
     # the killed job left none of its declared outputs, only its state
     assert not (killed / "checkpoint").exists() and not (killed / "train_loss.parquet").exists()
     left = _state_step(killed / "train_state")
-    assert KILL_AT <= left < STEPS, left
+    assert left == step, left
 
     second = _run(cmd, killed / "second.log")
     m = re.search(r"resuming from step (\d+)", second)

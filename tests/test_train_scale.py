@@ -302,14 +302,15 @@ def test_two_process_training_killed_and_rerun_is_bit_identical(tmp_path_factory
     ref.mkdir(), killed.mkdir()
     cmds = {}
     for work in (ref, killed):
-        cmd = resume._command(inputs, work, steps=30) + ["--processes", "2", "--micro-batch", "1"]
+        cmd = resume._command(inputs, work, steps=16) + ["--processes", "2", "--micro-batch", "1"]
         cmds[work] = cmd
     first = resume._run(cmds[ref], ref / "train.log")
     assert "process 0 of 2: " in first and "process 1 of 2: " in first and "(2 processes of 1)" in first
     shares = [int(m.group(1)) for m in re.finditer(r"process \d of 2: (\d+) of 11 queries", first)]
     assert sum(shares) == 11  # each query read by one process
-    step = resume._run_and_kill(cmds[killed], killed / "first.log", killed / "train_state", 8)
-    assert step < 30
+    # killed (the launcher and both processes) right after its 4th state, step 8 of 16
+    step = resume._run_and_kill(cmds[killed], killed / "first.log", killed / "train_state", 4)
+    assert step == 4 * resume.SAVE_EVERY
     second = resume._run(cmds[killed], killed / "second.log")
     assert re.search(r"resuming from step (\d+)", second), second[-3000:]
     a, b = resume._weights(ref / "checkpoint"), resume._weights(killed / "checkpoint")

@@ -346,10 +346,12 @@ def launch(argv: list[str], processes: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     import os
 
+    runtime.lean_transformers_import()
     argv = sys.argv[1:] if argv is None else list(argv)
     a = build_parser().parse_args(argv)
     s: Stage = a._stage
     if getattr(a, "processes", 1) > 1 and "LOCAL_RANK" not in os.environ:
+        preemption.arm(a.stage)  # the launcher: it names the group a cue kills (its processes' are their own)
         try:
             code = launch(argv, a.processes)
         except SettingError as exc:

@@ -12,8 +12,13 @@ with its lock and incomplete markers for ``--unlock`` and ``--rerun-incomplete``
 group (a shell's job, a test runner's) only the job's own process is killed, so setting the
 variable by hand never takes down what started the workflow; Snakemake then sees a failed job.
 
-The variable is read in one place, :func:`arm`, which ``cli.main`` calls with the stage it runs;
-unset, or naming another stage, :func:`durable` returns at once.
+The group is the one of the job's first process, not of the process that makes the point durable:
+a data-parallel job's processes run in groups of their own under torch.distributed.run, so the
+first process (the launcher) passes its group down in :data:`GROUP_ENV`; its death takes
+torch.distributed.run with it, and that one's the other processes (``runtime.die_with_parent``).
+
+The variable is read in one place, :func:`arm`, which ``cli.main`` calls with the stage it runs,
+in the launcher too; unset, or naming another stage, :func:`durable` returns at once.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 import signal
 
 ENV = "PAIRDISTILL_KILL_AFTER"
+GROUP_ENV = "PAIRDISTILL_KILL_GROUP"  # set by arm for the job's later processes: the group to kill, or ""
 
 _left: int | None = None  # durable points this process makes before it is killed; None: never
 
@@ -35,6 +41,9 @@ def arm(stage: str) -> None:
     name, sep, count = value.rpartition(":")
     if not sep or not count.isdigit() or int(count) < 1:
         raise ValueError(f"{ENV}={value!r}: expected <stage>:<N>, N >= 1 (e.g. pointwise:2)")
+    if GROUP_ENV not in os.environ:  # the job's first process: its group, if that is its session's
+        group = os.getpgid(0)
+        os.environ[GROUP_ENV] = str(group) if group == os.getsid(0) else ""
     if name == stage:
         _left = int(count)
 
@@ -47,10 +56,9 @@ def durable(what: str) -> None:
     _left -= 1
     if _left > 0:
         return
-    group = os.getpgid(0)
-    whole = group == os.getsid(0)
-    print(f"{ENV}: killing {'process group ' + str(group) if whole else 'process ' + str(os.getpid())} "
+    group = os.environ.get(GROUP_ENV)
+    print(f"{ENV}: killing {'process group ' + group if group else 'process ' + str(os.getpid())} "
           f"after {what}", flush=True)
-    if whole:
-        os.killpg(group, signal.SIGKILL)
+    if group:
+        os.killpg(int(group), signal.SIGKILL)
     os.kill(os.getpid(), signal.SIGKILL)

@@ -36,6 +36,45 @@ def set_threads(threads: int | None) -> None:
             os.environ[name] = str(int(threads))
 
 
+_IMPORT_UTILS = "transformers.utils.import_utils"
+
+
+class _TransformersWithoutSklearn:
+    """A one-shot import hook: once ``transformers.utils.import_utils`` has run, it reports
+    scikit-learn as absent. transformers 4.57 imports scikit-learn (and with it scipy.stats) when
+    any model class loads, for one thing only: the confidence threshold of assisted generation's
+    candidate generator, which no stage uses. That import is ~1.3 s of every job's start on
+    2 cores (4.2 s against 2.9 s to a loaded AutoModel class; a tiny run's jobs are mostly start).
+    scikit-learn stays installed (nncf and sentence-transformers need it) and importable."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != _IMPORT_UTILS:
+            return None
+        sys.meta_path.remove(self)
+        from importlib.machinery import PathFinder
+
+        spec = PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            if hasattr(module, "_sklearn_available"):
+                module._sklearn_available = False
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def lean_transformers_import() -> None:
+    """Install :class:`_TransformersWithoutSklearn` unless transformers is already imported
+    (``cli.main`` calls it first thing, before any stage imports transformers)."""
+    if _IMPORT_UTILS not in sys.modules and not any(isinstance(f, _TransformersWithoutSklearn)
+                                                    for f in sys.meta_path):
+        sys.meta_path.insert(0, _TransformersWithoutSklearn())
+
+
 def seed_everything(seed: int) -> None:
     import torch
 
