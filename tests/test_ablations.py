@@ -291,6 +291,7 @@ def test_variant_trains_on_the_full_methods_teacher_scores(done):
         assert f'--state-dir "$(dirname results/ablations/no-kd/iter-{n}/checkpoint)/train_state" ' in cmd
 
 
+@pytest.mark.slow  # six Snakemake runs over the variants' DAG, one touching every output
 def test_rerun_plans(done):
     workdir, cfg, _ = done
     run = "ablations={run: [pair-1, pair-5]}"  # other variants than the tests above plan

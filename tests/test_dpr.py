@@ -213,6 +213,7 @@ def _worker(rank: int, world: int, port: int, path: str, out: str, micro_batch):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes on gloo
 def test_two_processes_give_one_process_gradients(separate, tmp_path):
     """Each process embeds its 4 queries (in micro-batches of 2), the vectors of both are gathered,
     and the summed gradients are one process's over all 8 (in-batch and mined negatives)."""

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -14,6 +16,7 @@ def _checked_by_setup() -> set[str]:
     return set(loop.group(1).split())
 
 
+@pytest.mark.slow  # three processes, each loading colbert-ai's extensions
 def test_setup_builds_every_extension_colbert_loads():
     """build_extensions (what setup.sh runs) leaves exactly the extensions setup.sh checks for, so a
     finished set-up skips the build and a partial one redoes it; in the checkout's cache, built there

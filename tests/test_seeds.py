@@ -14,7 +14,7 @@ from scipy import stats
 
 from pairdistill import ablations, figures, io, seeds
 from test_ablations import _materialise
-from workflow import DATA_DIR, dry_run, snakemake, write_config
+from workflow import DATA_DIR, dry_run, planned_jobs, snakemake, write_config
 
 
 @pytest.mark.parametrize("value, message", [
@@ -172,10 +172,12 @@ def one_seed_done(tmp_path_factory):
     return workdir, cfg
 
 
+@pytest.mark.slow  # five Snakemake runs over three seeds' DAG, two of them touching every output
 def test_more_seeds_plan_only_their_student_side_and_dropping_one_reruns_none(one_seed_done):
     workdir, cfg = one_seed_done
     three = "seeds=[13,14,15]"
-    jobs = dry_run(workdir, "--config", three, configfiles=(cfg,))
+    plan = snakemake(workdir, "-n", "--config", three, configfiles=(cfg,))
+    jobs = planned_jobs(plan.stdout + plan.stderr)
     rules = Counter(rule for rule, _ in jobs)
     # no teacher fitted, no data prepared again: the seeds link the primary's (seed_shared_<rule>_<i>)
     assert not [r for r in rules if not r.startswith("seed_shared_") and ("fit" in r or "mine" in r or "prepare" in r)]
@@ -193,8 +195,7 @@ def test_more_seeds_plan_only_their_student_side_and_dropping_one_reruns_none(on
         assert f"results/seeds/{s}/data/corpus.parquet" in outputs
     assert {"results/seeds.parquet", "results/seeds.tsv", "results/figures/seeds.png"} <= outputs
     # a seed's teacher scoring reads the primary's scores of the same shard, up to its own round
-    proc = snakemake(workdir, "-n", "--config", three, configfiles=(cfg,))
-    for block in proc.stdout.split("rule seed_15_pointwise:")[1:]:
+    for block in plan.stdout.split("rule seed_15_pointwise:")[1:]:
         inputs, it = block.split("output:")[0], int(block.split("output: results/seeds/15/iter-")[1].split("/")[0])
         for n in range(1, it + 1):
             assert f"results/iter-{n}/pointwise/shard-000-of-001.parquet" in inputs

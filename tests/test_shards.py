@@ -114,6 +114,7 @@ def _env():
     return {**env, "PYTHONPATH": str(REPO / "src")}
 
 
+@pytest.mark.slow  # five scoring processes, one killed
 def test_killed_scoring_job_resumes_and_gathers_row_for_row(collection, tmp_path):
     c = collection
     plain, resumed = tmp_path / "plain", tmp_path / "resumed"

@@ -166,6 +166,7 @@ def _weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     return load_file(checkpoint / "model.safetensors")
 
 
+@pytest.mark.slow  # three training processes, one killed
 def test_killed_and_rerun_training_is_bit_identical_to_an_uninterrupted_one(inputs, tmp_path):
     started = time.monotonic()
     ref, killed = tmp_path / "uninterrupted", tmp_path / "killed"

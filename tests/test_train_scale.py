@@ -267,6 +267,7 @@ def _worker(rank: int, world: int, port: int, path: str, out: str, micro_batch, 
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes on gloo
 @pytest.mark.parametrize("micro_batch, contrastive, mined", [(None, "teacher", 0), (2, "mined", 2)])
 def test_two_processes_give_one_process_gradients(tiny_colbert, tmp_path, micro_batch, contrastive, mined):
     import torch.multiprocessing as mp
@@ -282,6 +283,7 @@ def test_two_processes_give_one_process_gradients(tiny_colbert, tmp_path, micro_
         assert got["parts"] == pytest.approx(parts, abs=1e-5)
 
 
+@pytest.mark.slow  # three two-process training runs, one killed
 def test_two_process_training_killed_and_rerun_is_bit_identical(tmp_path_factory, tiny_bert_dir):
     """``--processes 2`` through the job's own launcher (torch.distributed.run; gloo on CPU): each
     process reads only its share of the queries; a run SIGKILLed mid-way and rerun resumes from the

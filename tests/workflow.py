@@ -28,11 +28,50 @@ def snakemake_cmd(workdir: Path, *args: str, configfiles: tuple[Path, ...] = ())
     return cmd + list(args)
 
 
+# Snakemake's own imports (its CLI, API, DAG, scheduler, executor plugins and what they pull in)
+# are ~0.6 s of each of the suite's few hundred calls, most of a dry run. tests/snakemake_zygote.py
+# imports them once per test process and forks a fresh Snakemake for each call: the console
+# script's `snakemake.cli.main`, in a process of its own with the call's environment and streams.
+# The kill tests start the console script itself (tests/test_pipeline.py), as a user's shell would.
+_ZYGOTE: subprocess.Popen | None = None
+
+
+def _zygote() -> subprocess.Popen:
+    global _ZYGOTE
+    if _ZYGOTE is None or _ZYGOTE.poll() is not None:
+        _ZYGOTE = subprocess.Popen([sys.executable, str(Path(__file__).with_name("snakemake_zygote.py"))],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    return _ZYGOTE
+
+
+def _run_forked(cmd: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """``cmd`` (the console script and its arguments) run by a Snakemake forked from the zygote."""
+    import select
+    import signal
+    import tempfile
+
+    zygote = _zygote()
+    with tempfile.TemporaryDirectory(prefix="snakemake-call-") as tmp:
+        out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+        zygote.stdin.write(json.dumps({"argv": cmd[1:], "env": env, "stdout": out, "stderr": err}) + "\n")
+        pid = int(zygote.stdout.readline())
+        ready, _, _ = select.select([zygote.stdout], [], [], timeout)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            zygote.stdout.readline()
+            raise subprocess.TimeoutExpired(cmd, timeout, output=_read(out), stderr=_read(err))
+        return subprocess.CompletedProcess(cmd, int(zygote.stdout.readline()), _read(out), _read(err))
+
+
+def _read(path: str) -> str:
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
 def snakemake(workdir: Path, *args: str, configfiles: tuple[Path, ...] = (), check: bool = True,
               timeout: int = 1800) -> subprocess.CompletedProcess:
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(REPO / ".cache" / "torch_extensions")}
-    proc = subprocess.run(snakemake_cmd(workdir, *args, configfiles=configfiles), capture_output=True,
-                          text=True, env=env, timeout=timeout)
+    proc = _run_forked(snakemake_cmd(workdir, *args, configfiles=configfiles), env, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc

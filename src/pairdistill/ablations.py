@@ -45,11 +45,34 @@ UPSTREAM = ("student", "index", "retrieve", "teachers", "pairs", "seed", "train_
 
 @lru_cache(maxsize=1)
 def _schema() -> dict:
-    return yaml.safe_load(Path(__file__).with_name("config.schema.yaml").read_text())
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml where built: 10x the pure-Python parser
+    return yaml.load(Path(__file__).with_name("config.schema.yaml").read_text(), Loader=loader)
 
 
 def _train_schema() -> dict:
     return {**_schema()["properties"]["train"], "definitions": _schema()["definitions"]}
+
+
+@lru_cache(maxsize=2)
+def _validator(train_only: bool):
+    """A validator of the config schema, or of its ``train`` section only, its schema
+    checked once: ``jsonschema.validate`` checks the schema against its meta-schema at every call,
+    which was most of a dry run's time in this module (every variant, every Snakemake start)."""
+    import jsonschema
+
+    schema = _train_schema() if train_only else _schema()
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _check(instance: dict, train_only: bool) -> None:
+    """Raise the schema's best-matching ``jsonschema.ValidationError``, as ``jsonschema.validate``."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_validator(train_only).iter_errors(instance))
+    if error is not None:
+        raise error
 
 
 def normalise(name: str) -> str:
@@ -147,7 +170,7 @@ def variants(config: dict) -> dict[str, dict]:
         settings = {**config[TRAINED], **{k.partition(".")[2]: v for k, v in changes.items()
                                            if k.partition(".")[0] == TRAINED}}
         try:
-            jsonschema.validate(settings, _train_schema())
+            _check(settings, train_only=True)
         except jsonschema.ValidationError as exc:
             key = ".".join(map(str, exc.absolute_path))
             raise ValueError(f"ablations.variants.{name}.train.{key}: {exc.message}") from None
@@ -179,7 +202,7 @@ def upstream_configs(config: dict) -> dict[str, dict]:
         merged["seeds"] = [merged["seed"]]  # one seed: the primary's (or the variant's own seed)
         merged.pop("seed_module", None)
         try:
-            jsonschema.validate(merged, _schema())
+            _check(merged, train_only=False)
         except jsonschema.ValidationError as exc:
             key = ".".join(map(str, exc.absolute_path))
             raise ValueError(f"ablations.variants.{name}.{key}: {exc.message}") from None
