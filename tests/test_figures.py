@@ -65,6 +65,25 @@ def test_ablations_and_benchmarks_are_drawn_when_present(run_dir, tmp_path):
     _pngs(out)
 
 
+def test_a_job_without_a_memory_sample_is_said_so_not_drawn_blank(tmp_path, monkeypatch):
+    """Snakemake writes ``-`` as the peak RSS of a job that ended before its first sample (a tiny
+    prepare): the bar is labelled as not measured instead of being left out silently."""
+    from pairdistill import figures
+
+    for rule, rss in (("prepare", "-"), ("train", "900.0")):
+        (tmp_path / "benchmarks" / rule).mkdir(parents=True)
+        (tmp_path / "benchmarks" / rule / "job.tsv").write_text(
+            "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+            f"0.4\t0:00:00\t{rss}\t1\t1\t1\t0\t0\t100\t0\n")
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, out: drawn.append(fig))
+    figures.benchmark_times(tmp_path / "benchmarks", tmp_path / "benchmarks.png")
+    _, memory = drawn[0].axes
+    notes = [t.get_text() for t in memory.texts]
+    assert notes == ["not measured (the job ended before its first sample)"]
+    assert [b.get_width() for b in memory.patches] == [0.0, 900.0]  # sorted by time: prepare first
+
+
 def test_a_reranker_has_no_reference_line_where_its_top_n_decides_recall():
     from pairdistill.figures import repeats_first_stage
 
