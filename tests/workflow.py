@@ -54,13 +54,20 @@ def _run_forked(cmd: list[str], env: dict[str, str], timeout: float) -> subproce
     with tempfile.TemporaryDirectory(prefix="snakemake-call-") as tmp:
         out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
         zygote.stdin.write(json.dumps({"argv": cmd[1:], "env": env, "stdout": out, "stderr": err}) + "\n")
-        pid = int(zygote.stdout.readline())
+        pid = _answer(zygote, cmd)
         ready, _, _ = select.select([zygote.stdout], [], [], timeout)
         if not ready:
             os.kill(pid, signal.SIGKILL)
             zygote.stdout.readline()
             raise subprocess.TimeoutExpired(cmd, timeout, output=_read(out), stderr=_read(err))
-        return subprocess.CompletedProcess(cmd, int(zygote.stdout.readline()), _read(out), _read(err))
+        return subprocess.CompletedProcess(cmd, _answer(zygote, cmd), _read(out), _read(err))
+
+
+def _answer(zygote: subprocess.Popen, cmd: list[str]) -> int:
+    line = zygote.stdout.readline()
+    if not line.strip():  # it died (its own traceback went to the test's stderr)
+        raise RuntimeError(f"tests/snakemake_zygote.py ended ({zygote.wait()}) while running {' '.join(cmd[1:])}")
+    return int(line)
 
 
 def _read(path: str) -> str:
