@@ -291,9 +291,9 @@ def benchmark_times(directory: str | Path, out: str | Path) -> None:
         a.set_xlabel("wall time, all jobs (s)")
         b.barh(by.index, by["max_rss_mb"].fillna(0))
         for y, rss in enumerate(by["max_rss_mb"]):
-            if pd.isna(rss):  # Snakemake measures no memory of a job that ends within its first poll
-                b.annotate("not measured (the job ended before its first sample)", (0, y), xytext=(3, 0), textcoords="offset points",
-                           va="center", fontsize=8, color="0.4")
+            if pd.isna(rss):  # Snakemake writes "-" for a job that ended before its first memory sample
+                b.annotate("not measured (the job ended before its first sample)", (0, y), xytext=(3, 0),
+                           textcoords="offset points", va="center", fontsize=8, color="0.4")
         b.set_xlabel("peak RSS of a job (MB)")
     _save(fig, out)
 
